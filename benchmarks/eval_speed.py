@@ -1,0 +1,93 @@
+"""Evaluation speed: the encode-once Matryoshka evaluator vs sentence-transformers' recipe.
+
+    python benchmarks/eval_speed.py            # bundled MiniLM, Debian held-out split (minutes)
+    python benchmarks/eval_speed.py --smoke    # tiny random model, seconds (CI runs this)
+
+The recipe of the published Matryoshka models is a SequentialEvaluator of one
+InformationRetrievalEvaluator(truncate_dim=d) per dim, which encodes queries and corpus once
+per dim. Ours encodes once and slices. Both run here on the same model and data; the table
+gives wall time, the ratio, and the largest difference over every metric at every dim.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, write_results  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="bundled:minilm", help="model spec, as in trainers' config")
+    parser.add_argument("--dims", default="384,256,128,64", help="Matryoshka dims, largest first")
+    parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
+    parser.add_argument("--corpus", type=int, default=5000, help="held-out pairs whose passages form the corpus")
+    parser.add_argument("--max-seq-length", type=int, default=128)
+    parser.add_argument("--smoke", action="store_true", help="tiny random model and data: seconds")
+    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results (a temp dir with --smoke)")
+    args = parser.parse_args(argv)
+
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.base.evaluation import SequentialEvaluator
+    from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
+
+    from trainers.config import TrainConfig
+    from trainers.data import ir_task, load_split
+    from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
+    from trainers.models import load_model
+
+    dims = [int(d) for d in args.dims.split(",")]
+    tmp = tempfile.TemporaryDirectory()
+    if args.smoke:
+        from trainers.tiny import build_tiny_model
+
+        model = SentenceTransformer(str(build_tiny_model(Path(tmp.name))), device="cpu")
+        args.queries, args.corpus = 50, 200
+    else:
+        model = load_model(args.model, args.max_seq_length)
+    split = load_split(TrainConfig(eval_size=args.corpus, max_pairs=8))
+    queries, corpus, relevant = ir_task(split.test, args.queries, seed=42)
+    print(f"{len(queries)} queries, {len(corpus)} passages, dims {dims}")
+
+    def ours():
+        return MatryoshkaInformationRetrievalEvaluator(
+            queries, corpus, relevant, matryoshka_dims=dims, batch_size=64, show_progress_bar=True
+        )(model)
+
+    def sequential():
+        return SequentialEvaluator([
+            InformationRetrievalEvaluator(
+                queries, corpus, relevant, truncate_dim=d, name=f"dim_{d}", batch_size=64,
+                show_progress_bar=True, write_csv=False,
+            )
+            for d in dims
+        ])(model)
+
+    timings, metrics = {}, {}
+    for name, run in (("encode-once (ours)", ours), ("SequentialEvaluator", sequential)):
+        started = time.perf_counter()
+        metrics[name] = run()
+        timings[name] = time.perf_counter() - started
+    a, b = metrics["encode-once (ours)"], metrics["SequentialEvaluator"]
+    shared = [k for k in b if k in a]
+    max_diff = max(abs(a[k] - b[k]) for k in shared)
+    ratio = timings["SequentialEvaluator"] / timings["encode-once (ours)"]
+    body = (
+        f"{len(queries)} queries against {len(corpus)} passages (Debian held-out split), "
+        f"model `{'tiny random (smoke)' if args.smoke else args.model}`, dims {dims}.\n\n"
+        "| evaluator | wall time (s) |\n|---|---:|\n"
+        + "".join(f"| {name} | {seconds:.1f} |\n" for name, seconds in timings.items())
+        + f"\n**speed-up: {ratio:.2f}x**; largest difference over {len(shared)} metrics: {max_diff:.2e}\n"
+    )
+    results_dir = args.results_dir or (tmp.name if args.smoke else REPO / "benchmarks" / "results")
+    write_results(results_dir, "eval_speed", "Evaluation speed: encode once vs per-dim re-encode", body)
+    return 0 if max_diff <= 1e-6 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

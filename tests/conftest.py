@@ -1,0 +1,40 @@
+"""Shared, expensive fixtures: built once per session, copied or read-only per test."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from trainers.tiny import build_tiny_model
+
+# Tests never reach a model or data hub: everything they load is local.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory) -> Path:
+    """Read-only: copy it (tmp_path) before changing it."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="session")
+def debian_pairs() -> list[dict[str, str]]:
+    """The real Debian pairs (built with apt on first use, then cached on disk)."""
+    from trainers import debian
+
+    return debian.load_pairs()
+
+
+@pytest.fixture(scope="session")
+def debian_sample_file(tmp_path_factory, debian_pairs) -> Path:
+    """A JSONL of 600 real Debian pairs with their source package as group."""
+    path = tmp_path_factory.mktemp("data") / "debian-sample.jsonl"
+    rows = debian_pairs[::max(1, len(debian_pairs) // 600)][:600]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -1,0 +1,105 @@
+import json
+
+import pandas as pd
+import pytest
+
+from trainers.config import TrainConfig
+from trainers.data import DataError, Pair, clean_pairs, ir_task, load_split, split_pairs
+
+
+def _rows(n, groups=5):
+    return [
+        {"sentence_0": f"query {i}", "sentence_1": f"passage number {i}", "doc": f"g{i % groups}"}
+        for i in range(n)
+    ]
+
+
+def _config(path, **kw):
+    base = dict(data=str(path), query_column="sentence_0", passage_column="sentence_1", eval_size=0.25)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv", ".parquet"])
+def test_every_file_format_with_a_column_mapping(tmp_path, suffix):
+    path = tmp_path / f"pairs{suffix}"
+    frame = pd.DataFrame(_rows(40))
+    if suffix == ".jsonl":
+        frame.to_json(path, orient="records", lines=True)
+    elif suffix == ".csv":
+        frame.to_csv(path, index=False)
+    else:
+        frame.to_parquet(path)
+    split = load_split(_config(path, group_column="doc"))
+    assert len(split.train) + len(split.test) == 40
+    assert {p.group for p in split.train}.isdisjoint({p.group for p in split.test})
+    assert split.train[0].query.startswith("query ")
+
+
+def test_missing_column_names_the_columns_that_exist(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(20)))
+    with pytest.raises(DataError, match=r"\['anchor'\].*sentence_0"):
+        load_split(TrainConfig(data=str(path), passage_column="sentence_1"))
+
+
+def test_empty_and_duplicate_pairs_are_dropped_and_counted():
+    rows = _rows(10) + [
+        {"sentence_0": "", "sentence_1": "x"},
+        {"sentence_0": "q", "sentence_1": None},
+        {"sentence_0": "   ", "sentence_1": "y"},
+        dict(_rows(1)[0]),
+    ]
+    pairs, dropped = clean_pairs(rows, "sentence_0", "sentence_1", None)
+    assert len(pairs) == 10
+    assert dropped == {"empty": 3, "duplicate": 1}
+
+
+def test_too_few_pairs_is_a_clear_error(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(5)))
+    with pytest.raises(DataError, match="5 usable pairs.*at least 12"):
+        load_split(_config(path))
+
+
+def test_unknown_file_type_and_missing_file(tmp_path):
+    with pytest.raises(DataError, match="no such file"):
+        load_split(_config(tmp_path / "missing.jsonl"))
+    (tmp_path / "pairs.txt").write_text("hello")
+    with pytest.raises(DataError, match="unknown file type"):
+        load_split(_config(tmp_path / "pairs.txt"))
+
+
+def test_group_split_is_seeded_and_never_shares_a_group():
+    pairs = [Pair(f"q{i}", f"p{i}", f"g{i % 17}") for i in range(500)]
+    train_a, test_a = split_pairs(pairs, 0.2, seed=1)
+    train_b, test_b = split_pairs(pairs, 0.2, seed=1)
+    _, test_c = split_pairs(pairs, 0.2, seed=2)
+    assert test_a == test_b and train_a == train_b
+    assert test_a != test_c
+    assert {p.group for p in train_a}.isdisjoint({p.group for p in test_a})
+    assert 100 <= len(test_a) < 100 + 30  # whole groups of ~29: may overshoot by one group
+
+
+def test_max_pairs_caps_training_only(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(200)))
+    split = load_split(_config(path, eval_size=50, max_pairs=30))
+    assert len(split.train) == 30 and len(split.test) == 50
+
+
+def test_ir_task_merges_repeated_queries_and_samples_queries_only():
+    test = [Pair("q", "a", "1"), Pair("q", "b", "1"), Pair("r", "c", "2"), Pair("s", "a", "3")]
+    queries, corpus, relevant = ir_task(test, None, seed=0)
+    assert sorted(corpus.values()) == ["a", "b", "c"]
+    qid = next(k for k, v in queries.items() if v == "q")
+    assert {corpus[c] for c in relevant[qid]} == {"a", "b"}
+    queries, corpus, relevant = ir_task(test, 2, seed=0)
+    assert len(queries) == 2 and len(corpus) == 3 and set(relevant) == set(queries)
+
+
+def test_debian_source_groups_split_real_data(debian_pairs):
+    assert len(debian_pairs) > 40_000
+    split = load_split(TrainConfig(eval_size=2000))
+    assert len(split.test) >= 2000
+    train_sources = {p.group for p in split.train}
+    assert train_sources.isdisjoint({p.group for p in split.test})

@@ -1,0 +1,46 @@
+import os
+
+import pytest
+
+from trainers import models
+from trainers.config import TrainConfig
+from trainers.models import ModelError
+
+
+def test_bundled_model_checks_sha256(monkeypatch):
+    path = models.bundled_path("minilm")
+    assert (path / "model.safetensors").is_file()
+    package, _ = models.BUNDLED_MODELS["minilm"]
+    monkeypatch.setitem(models.BUNDLED_MODELS, "minilm", (package, "0" * 64))
+    with pytest.raises(ModelError, match="sha256"):
+        models.bundled_path("minilm")
+
+
+def test_unknown_bundled_name():
+    with pytest.raises(ModelError, match="bundled:minilm"):
+        models.resolve("bundled:bert")
+
+
+def test_missing_local_folder_is_an_error_not_a_hub_lookup(tmp_path):
+    with pytest.raises(ModelError, match="no such folder"):
+        models.resolve(str(tmp_path / "nope"))
+    assert models.resolve("BAAI/bge-small-en-v1.5") == ("BAAI/bge-small-en-v1.5", False)
+
+
+def test_bundled_model_loads_offline_and_restores_env(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    model = models.load_model("bundled:minilm", max_seq_length=64)
+    assert models.embedding_dim(model) == 384
+    assert model.max_seq_length == 64
+    assert "HF_HUB_OFFLINE" not in os.environ
+
+
+def test_dims_above_the_model_fail_before_any_data_is_read(tiny_model_path, tmp_path):
+    from trainers.train import train
+
+    config = TrainConfig(
+        model=str(tiny_model_path), data=str(tmp_path / "does-not-exist.jsonl"),
+        matryoshka_dims=(512, 256), output_dir=str(tmp_path / "out"),
+    )
+    with pytest.raises(ModelError, match=r"\[512\] exceed the dimension .* \(384\)"):
+        train(config)

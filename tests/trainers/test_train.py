@@ -1,0 +1,95 @@
+import json
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from trainers import train as train_module
+from trainers.config import TrainConfig
+from trainers.train import train
+
+DIMS = (384, 128, 64)
+
+
+def test_tiny_training_run_reports_every_dim_every_epoch(tiny_model_path, debian_sample_file, tmp_path):
+    config = TrainConfig(
+        model=str(tiny_model_path), data=str(debian_sample_file), group_column="source",
+        matryoshka_dims=DIMS, matryoshka_weights=(1, 1, 2), epochs=2, batch_size=16,
+        eval_size=120, max_pairs=64, max_seq_length=48, output_dir=str(tmp_path / "out"),
+        query_prompt="query: ", learning_rate=1e-3,
+    )
+    seen = []
+    result = train(config, on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
+
+    assert [epoch for epoch, _ in seen] == [1, 2]
+    for _, metrics in seen:
+        for dim in DIMS:
+            assert 0 <= metrics[f"dim_{dim}_cosine_map@100"] <= 1
+        assert "mean_cosine_map@100" in metrics
+    assert result.train_pairs == 64 and result.eval_corpus >= 120
+    assert result.best_epoch in (1, 2)
+    assert result.final == result.epochs[result.best_epoch - 1]
+
+    out = tmp_path / "out"
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(saved) >= {"baseline", "epochs", "final", "best_epoch", "config"}
+    assert len(saved["epochs"]) == 2
+    assert not (out / "checkpoints").exists()
+    card = (out / "README.md").read_text()
+    assert "dim_384" in card and "dim_64" in card and "MatryoshkaLoss" in card
+
+    reloaded = SentenceTransformer(str(out), device="cpu")
+    assert reloaded.prompts.get("query") == "query: "
+    texts = ["a package manager", "a tool to frobnicate files"]
+    # The saved model is the one the final metrics describe: re-evaluating it reproduces them.
+    from trainers.data import ir_task, load_split
+    from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
+
+    split = load_split(config)
+    queries, corpus, relevant = ir_task(split.test, None, config.seed)
+    again = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=DIMS)(reloaded)
+    assert again["dim_64_cosine_map@100"] == pytest.approx(result.final["dim_64_cosine_map@100"], abs=1e-6)
+    assert reloaded.encode(texts).shape == (2, 384)
+
+
+def test_cli_prints_the_dim_table(tiny_model_path, debian_sample_file, tmp_path, capsys):
+    code = train_module.main([
+        "--model", str(tiny_model_path), "--data", str(debian_sample_file), "--matryoshka_dims", "384,64",
+        "--eval_size", "100", "--max_pairs", "32", "--batch_size", "16", "--max_seq_length", "32",
+        "--output_dir", str(tmp_path / "cli"),
+    ])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "| dim | baseline MAP@100 | fine-tuned MAP@100 | change |" in out
+    assert "| 384 |" in out and "| 64 |" in out
+
+
+def test_cli_rejects_bad_keys_before_loading_anything(capsys):
+    assert train_module.main(["--batch_size", "0"]) == 2
+    assert "batch_size=0" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_bundled_minilm_trains_on_real_debian_pairs_and_reloads(tmp_path):
+    config = TrainConfig(
+        output_dir=str(tmp_path / "minilm"), max_pairs=96, batch_size=32, eval_size=300,
+        eval_max_queries=100, max_seq_length=64, learning_rate=5e-5,
+    )
+    result = train(config)
+    for dim in config.matryoshka_dims:
+        assert result.baseline[f"dim_{dim}_cosine_map@100"] > 0.3
+        assert result.final[f"dim_{dim}_cosine_map@100"] > 0.3
+    # The saved folder is the model that was scored: re-evaluating it reproduces the numbers.
+    from trainers.data import ir_task, load_split
+    from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
+
+    trained = SentenceTransformer(str(tmp_path / "minilm"), device="cpu")
+    assert trained.max_seq_length == 64
+    queries, corpus, relevant = ir_task(load_split(config).test, config.eval_max_queries, config.seed)
+    again = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims)(trained)
+    for dim in config.matryoshka_dims:
+        key = f"dim_{dim}_cosine_map@100"
+        assert again[key] == pytest.approx(result.final[key], abs=1e-6)
+    # ...and training changed it.
+    base = train_module.load_model("bundled:minilm", max_seq_length=64)
+    texts = ["Real-time strategy game of ancient warfare", "Python bindings for the Qt toolkit"]
+    assert np.abs(trained.encode(texts) - base.encode(texts)).max() > 1e-4

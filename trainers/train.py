@@ -1,0 +1,260 @@
+"""One Matryoshka fine-tuning run: baseline evaluation, training, per-epoch evaluation, save.
+
+    python -m trainers.train --config trainers/configs/default.yaml [--key value ...]
+    python -m trainers.train --help        # every key, its default and its meaning
+
+The saved folder (``output_dir``) is a plain sentence-transformers model folder, loadable with
+``SentenceTransformer(output_dir)``, with a model card holding per-dim metric tables and a
+``metrics.json`` holding the baseline and every epoch's metrics at every dim.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainers import config as config_lib
+from trainers.config import TrainConfig
+from trainers.data import ir_task, load_split
+from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
+from trainers.models import check_dims, embedding_dim, load_model
+
+logger = logging.getLogger(__name__)
+
+OnEpoch = Callable[[int, dict[str, float]], None]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced; also written to ``<output_dir>/metrics.json``."""
+
+    output_dir: str
+    objective: str
+    baseline: dict[str, float]
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    train_pairs: int = 0
+    eval_queries: int = 0
+    eval_corpus: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        """Metrics of the saved model: the best epoch's (or the last one's)."""
+        if not self.epochs:
+            return self.baseline
+        return self.epochs[(self.best_epoch or len(self.epochs)) - 1]
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "final": self.final}
+
+
+def precision_args(precision: str) -> dict[str, Any]:
+    """Training-argument flags for the requested precision on this machine."""
+    import torch
+
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        bf16 = cuda and torch.cuda.is_bf16_supported()
+        precision = "bf16" if bf16 else ("fp16" if cuda else "fp32")
+    if precision == "fp16" and not cuda:
+        raise config_lib.ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
+    args: dict[str, Any] = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+    if cuda:
+        # TF32 matmuls on Ampere+ and the fused AdamW kernel: free speed on GPUs.
+        args["tf32"] = torch.cuda.get_device_capability()[0] >= 8
+        args["optim"] = "adamw_torch_fused"
+    else:
+        args["use_cpu"] = True
+    return args
+
+
+def build_loss(model, config: TrainConfig):
+    from sentence_transformers.sentence_transformer.losses import (
+        CachedMultipleNegativesRankingLoss,
+        MatryoshkaLoss,
+        MultipleNegativesRankingLoss,
+    )
+
+    if config.loss == "cached_mnrl":
+        inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size)
+    else:
+        inner = MultipleNegativesRankingLoss(model)
+    return MatryoshkaLoss(model, inner, list(config.matryoshka_dims), matryoshka_weights=list(config.weights))
+
+
+def train(config: TrainConfig, on_epoch: OnEpoch | None = None) -> TrainResult:
+    """Fine-tune ``config.model`` with MatryoshkaLoss(MNRL) and save it to ``config.output_dir``.
+
+    ``on_epoch(epoch, metrics)`` is called after every epoch's evaluation with the flat
+    per-dim metrics (``dim_64_cosine_map@100``...), so a sweep can report them.
+    """
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+    from sentence_transformers.base.sampler import BatchSamplers
+    from transformers import TrainerCallback, set_seed
+
+    started = time.perf_counter()
+    set_seed(config.seed)
+    model = load_model(config.model, config.max_seq_length)
+    check_dims(config.matryoshka_dims, embedding_dim(model), config.model)
+    if config.query_prompt:
+        # Saved with the model: encode_query() and the server apply it like training did.
+        model.prompts["query"] = config.query_prompt
+
+    split = load_split(config)
+    queries, corpus, relevant = ir_task(split.test, config.eval_max_queries, config.seed)
+    evaluator = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims, primary=config.objective,
+        batch_size=config.eval_batch_size, show_progress_bar=True,
+    )
+    logger.info("baseline evaluation: %d queries against %d passages", len(queries), len(corpus))
+    result = TrainResult(
+        output_dir=config.output_dir, objective=config.objective, baseline=evaluator(model),
+        train_pairs=len(split.train), eval_queries=len(queries), eval_corpus=len(corpus),
+        dropped=split.dropped, config=config.to_dict(),
+    )
+
+    output_dir = Path(config.output_dir)
+    checkpoints = output_dir / "checkpoints"
+
+    class EpochCallback(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            flat = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")}
+            epoch = round(state.epoch or len(result.epochs) + 1)
+            result.epochs.append({"epoch": epoch, "step": state.global_step, **flat})
+            if on_epoch is not None:
+                on_epoch(epoch, flat)
+
+    args = SentenceTransformerTrainingArguments(
+        output_dir=str(checkpoints),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        learning_rate=config.learning_rate,
+        warmup_ratio=config.warmup_ratio,
+        lr_scheduler_type=config.lr_scheduler,
+        weight_decay=config.weight_decay,
+        seed=config.seed,
+        batch_sampler=BatchSamplers.NO_DUPLICATES if config.no_duplicates else BatchSamplers.BATCH_SAMPLER,
+        prompts={"anchor": config.query_prompt} if config.query_prompt else None,
+        eval_strategy="epoch",
+        save_strategy="epoch" if config.load_best_model_at_end else "no",
+        save_total_limit=1,
+        load_best_model_at_end=config.load_best_model_at_end,
+        metric_for_best_model=f"eval_{config.objective}",
+        greater_is_better=True,
+        logging_steps=10,
+        report_to="none",
+        dataloader_num_workers=0,
+        **precision_args(config.precision),
+    )
+    train_dataset = Dataset.from_dict(
+        {"anchor": [p.query for p in split.train], "positive": [p.passage for p in split.train]}
+    )
+    trainer = SentenceTransformerTrainer(
+        model=model, args=args, train_dataset=train_dataset, loss=build_loss(model, config),
+        evaluator=evaluator, callbacks=[EpochCallback()],
+    )
+    trainer.train()
+
+    objective_values = [e.get(config.objective, float("-inf")) for e in result.epochs]
+    if result.epochs:
+        best = max(range(len(objective_values)), key=objective_values.__getitem__)
+        result.best_epoch = best + 1 if config.load_best_model_at_end else len(result.epochs)
+    _card_shows(model, evaluator, result.final)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    model.save(str(output_dir))
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    result.seconds = time.perf_counter() - started
+    (output_dir / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
+    return result
+
+
+def _card_shows(model, evaluator: MatryoshkaInformationRetrievalEvaluator, metrics: dict[str, float]) -> None:
+    # The card's tables hold the last evaluation; with load_best_model_at_end the saved model
+    # can be an earlier epoch, so point each dim's table at the saved model's own numbers.
+    for view in evaluator.dim_views:
+        model.model_card_data.eval_results_dict[view] = {
+            k: v for k, v in metrics.items() if k.startswith(view.name + "_")
+        }
+
+
+def dims_of(result: TrainResult) -> list[int]:
+    return [int(d) for d in result.config["matryoshka_dims"]]
+
+
+def format_table(result: TrainResult, metric: str = "cosine_map@100") -> str:
+    """A dim x (baseline, fine-tuned, change) table of ``metric`` in Markdown."""
+    name = metric.split("_", 1)[-1].upper()
+    lines = [
+        f"| dim | baseline {name} | fine-tuned {name} | change |",
+        "|---:|---:|---:|---:|",
+    ]
+    for dim in dims_of(result):
+        key = f"dim_{dim}_{metric}"
+        before, after = result.baseline[key], result.final[key]
+        lines.append(f"| {dim} | {before:.4f} | {after:.4f} | {after - before:+.4f} ({(after / before - 1) * 100 if before else float('inf'):+.1f}%) |")
+    return "\n".join(lines)
+
+
+USAGE = """usage: python -m trainers.train [--config FILE.yaml] [--key value ...]
+
+Fine-tune a sentence-transformers model with MatryoshkaLoss(MultipleNegativesRankingLoss)
+and print baseline vs fine-tuned MAP@100 per Matryoshka dim.
+
+examples:
+  python -m trainers.train --config trainers/configs/default.yaml
+  python -m trainers.train --config trainers/configs/default.yaml --epochs 2 --learning_rate 5e-5
+  python -m trainers.train --data pairs.jsonl --query_column question --passage_column context
+
+keys:
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(USAGE + config_lib.describe())
+        return 0
+    config_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        if i + 1 >= len(argv):
+            print("error: --config needs a file", file=sys.stderr)
+            return 2
+        config_path = argv[i + 1]
+        del argv[i : i + 2]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # sentence-transformers logs every metric of every dim at INFO; the table below says it once.
+    logging.getLogger("sentence_transformers.sentence_transformer.evaluation.information_retrieval").setLevel(
+        logging.WARNING
+    )
+    try:
+        config = config_lib.load(config_path, config_lib.parse_overrides(argv))
+    except config_lib.ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    result = train(config)
+    print()
+    print(
+        f"{result.train_pairs} training pairs; evaluated on {result.eval_queries} held-out queries "
+        f"against {result.eval_corpus} passages; {result.seconds / 60:.1f} min"
+    )
+    print(format_table(result))
+    print(f"\nmodel: {result.output_dir}  (metrics.json and README.md model card inside)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
