@@ -1,28 +1,138 @@
-"""The main job. Until the sweep lands, it runs one Matryoshka training run on the default.
+"""Search learning rate, batch size, epochs and Matryoshka weights with Ray Tune + Optuna.
 
-    python sweeps/run.py                      # bundled MiniLM on Debian pairs, CPU, < 15 min
-    python sweeps/run.py --epochs 2 ...       # any trainers key can be overridden
+    python sweeps/run.py                                   # the embedded default, local Ray
+    python sweeps/run.py --config sweeps/configs/local.yaml --name try2 --num-samples 8
+    python sweeps/run.py --name try2 --resume              # continue an interrupted sweep
+    python sweeps/run.py --smoke-test                      # tiny model, 3 trials, ~2 minutes
+    python sweeps/run.py --max_pairs 2000 --epochs 2       # any trainers key fixes that value
+    RAY_ADDRESS=auto python sweeps/run.py --config sweeps/configs/cluster.yaml   # on a cluster
+
+Each trial runs trainers.train (MatryoshkaLoss over MNRL) and reports every dim's metrics
+after each epoch to Tune (OptunaSearch samples, ASHA stops weak trials) and to W&B (one run
+per trial, grouped by sweep; offline files in runs/<name>/wandb/ when WANDB_API_KEY is
+unset). At the end runs/<name>/ holds best/ (the best model), results.csv, report.md and
+plots, and the command to serve the best model is printed.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import logging
+import os
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python sweeps/run.py` from a checkout without `pip install -e .`
+if str(REPO) not in sys.path:  # `python sweeps/run.py` from a checkout
     sys.path.insert(0, str(REPO))
 
-from trainers import train as train_module  # noqa: E402
+from sweeps import config as sweep_config  # noqa: E402
+from sweeps.config import SweepConfig  # noqa: E402
+from trainers import config as train_config  # noqa: E402
+from trainers.config import ConfigError, parse_overrides  # noqa: E402
 
-DEFAULT_CONFIG = REPO / "trainers" / "configs" / "default.yaml"
+logger = logging.getLogger("sweeps")
+DEFAULT_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Any other --key value sets a sweep key or fixes a trainers key (python -m trainers.train --help).",
+    )
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: %(default)s)")
+    parser.add_argument("--name", help="sweep name: results in <storage_path>/<name>/")
+    parser.add_argument("--num-samples", type=int, help="number of trials")
+    parser.add_argument("--resume", action="store_true", help="continue the sweep <name> where it stopped")
+    parser.add_argument("--smoke-test", action="store_true", help="tiny random model, tiny data, 3 trials")
+    parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    return parser.parse_known_args(argv)
+
+
+def smoke_overrides(run_dir: Path) -> dict:
+    """A sweep of the same shape in about two minutes: the tiny model on a sliver of data."""
+    from trainers.tiny import build_tiny_model
+
+    model = run_dir / "tiny-model"
+    if not model.exists():
+        build_tiny_model(run_dir / ".tiny-build").rename(model)
+    return {
+        "train": {
+            "model": str(model), "data": "debian", "matryoshka_dims": [384, 128, 64],
+            "max_pairs": 48, "eval_size": 60, "max_seq_length": 32, "eval_batch_size": 64,
+        },
+        "search": {
+            "learning_rate": {"loguniform": [1.0e-4, 1.0e-2]},
+            "batch_size": {"choice": [8, 16]},
+            "epochs": {"randint": [1, 2]},
+            "matryoshka_weights": {"uniform": [0.5, 2.0]},
+        },
+        "seed_recipe": False,
+        "points_to_evaluate": [{"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "matryoshka_weights": 1.0}],
+        "num_samples": 3,
+        "max_concurrent_trials": 2,
+        "cpus_per_trial": 1.0,
+        "gpus_per_trial": 0.0,
+    }
+
+
+def load_config(args: argparse.Namespace, extra: list[str]) -> SweepConfig:
+    overrides = parse_overrides(extra, known=set(sweep_config.FIELDS) | set(train_config.FIELDS))
+    if args.name:
+        overrides["name"] = args.name
+    if args.num_samples is not None:
+        overrides["num_samples"] = args.num_samples
+    if args.no_wandb:
+        overrides["wandb"] = False
+    config = sweep_config.load(args.config, overrides)
+    if args.smoke_test:
+        name = args.name or "smoke"
+        smoke = smoke_overrides(Path(config.storage_path).resolve() / name)
+        values = {**config.to_dict(), **smoke, "name": name}
+        if args.num_samples is not None:
+            values["num_samples"] = args.num_samples
+        config = sweep_config.from_dict(values)
+    return config
+
+
+def check_model_dims(config: SweepConfig) -> None:
+    """Dims that do not fit the model fail here, before Ray starts."""
+    from trainers.models import ModelError, declared_dim
+
+    base = config.base_config()
+    try:
+        dim = declared_dim(base.model)
+    except ModelError as err:
+        raise ConfigError(f"train.model: {err}") from None
+    if dim is not None and max(base.matryoshka_dims) > dim:
+        raise ConfigError(
+            f"train.matryoshka_dims {list(base.matryoshka_dims)} exceed the dimension of {base.model} ({dim}): "
+            f"use dims <= {dim}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if "--config" not in argv and not {"-h", "--help"} & set(argv):
-        argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    return train_module.main(argv)
+    args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = load_config(args, extra)
+        check_model_dims(config)
+        from trainers.data import load_split
+
+        # Fails fast on bad data (and builds the Debian cache once, not in every trial).
+        load_split(config.base_config())
+    except (ConfigError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+    from sweeps.tune_run import run_sweep
+
+    summary = run_sweep(config, resume=args.resume, address=args.address)
+    print()
+    print(summary.text)
+    return 0 if summary.best_dir else 1
 
 
 if __name__ == "__main__":

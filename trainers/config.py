@@ -15,6 +15,7 @@ import functools
 import re
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -297,8 +298,12 @@ def load(path: str | Path | None = None, overrides: dict[str, Any] | None = None
     return from_dict(values)
 
 
-def parse_overrides(argv: list[str]) -> dict[str, Any]:
-    """Turn ``['--learning_rate', '3e-5', '--epochs=2']`` into a dict (dashes == underscores)."""
+def parse_overrides(argv: list[str], known: Iterable[str] | None = None) -> dict[str, Any]:
+    """Turn ``['--learning_rate', '3e-5', '--epochs=2']`` into a dict (dashes == underscores).
+
+    ``known`` is the set of accepted keys (default: this config's keys).
+    """
+    known = set(FIELDS if known is None else known)
     overrides: dict[str, Any] = {}
     i = 0
     while i < len(argv):
@@ -312,8 +317,8 @@ def parse_overrides(argv: list[str]) -> dict[str, Any]:
                 raise ConfigError(f"--{key} needs a value")
             i += 1
             value = argv[i]
-        if key not in FIELDS:
-            raise ConfigError(f"unknown config key: {key}. Known keys: {', '.join(FIELDS)}")
+        if key not in known:
+            raise ConfigError(f"unknown config key: {key}. Known keys: {', '.join(sorted(known))}")
         overrides[key] = value
         i += 1
     return overrides

@@ -140,3 +140,41 @@ def check_dims(dims: tuple[int, ...] | list[int], model_dim: int, model_name: st
             f"matryoshka_dims {list(too_big)} exceed the dimension of {model_name} ({model_dim}): "
             f"use dims <= {model_dim}, e.g. {[d for d in (model_dim, 256, 128, 64) if d <= model_dim]}"
         )
+
+
+# Output dims of hub models this project ships sweep configs for (checked without a download).
+KNOWN_DIMS = {
+    "BAAI/bge-base-en-v1.5": 768,
+    "BAAI/bge-small-en-v1.5": 384,
+    "BAAI/bge-large-en-v1.5": 1024,
+    "BAAI/bge-m3": 1024,
+    "sentence-transformers/all-MiniLM-L6-v2": 384,
+}
+
+
+def declared_dim(spec: str) -> int | None:
+    """The model's output dimension from its files (or KNOWN_DIMS), without loading weights.
+
+    None when it cannot be told without the network (an unknown hub id).
+    """
+    import json
+
+    target, is_local = resolve(spec)
+    if not is_local:
+        return KNOWN_DIMS.get(target)
+    folder = Path(target)
+    modules_file = folder / "modules.json"
+    modules = json.loads(modules_file.read_text()) if modules_file.is_file() else []
+    for module in reversed(modules):
+        config_file = folder / module.get("path", "") / "config.json"
+        if not config_file.is_file():
+            continue
+        config = json.loads(config_file.read_text())
+        for key in ("out_features", "word_embedding_dimension"):
+            if key in config:
+                return int(config[key])
+    config_file = folder / "config.json"
+    if config_file.is_file():
+        hidden = json.loads(config_file.read_text()).get("hidden_size")
+        return int(hidden) if hidden else None
+    return None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import sys
 import time
@@ -28,7 +29,9 @@ from trainers.models import check_dims, embedding_dim, load_model
 
 logger = logging.getLogger(__name__)
 
-OnEpoch = Callable[[int, dict[str, float]], None]
+# on_epoch(epoch, metrics, checkpoint_dir): checkpoint_dir is a full training checkpoint of
+# this epoch (model, optimizer, scheduler): a sweep persists it, and resume_from takes it back.
+OnEpoch = Callable[[int, dict[str, float], str | None], None]
 
 
 @dataclass
@@ -92,11 +95,41 @@ def build_loss(model, config: TrainConfig):
     return MatryoshkaLoss(model, inner, list(config.matryoshka_dims), matryoshka_weights=list(config.weights))
 
 
-def train(config: TrainConfig, on_epoch: OnEpoch | None = None) -> TrainResult:
+def prepare(config: TrainConfig):
+    """Model (dims checked), data split and evaluator of a run: everything before training."""
+    model = load_model(config.model, config.max_seq_length)
+    check_dims(config.matryoshka_dims, embedding_dim(model), config.model)
+    if config.query_prompt:
+        # Saved with the model: encode_query() and the server apply it like training did.
+        model.prompts["query"] = config.query_prompt
+    split = load_split(config)
+    queries, corpus, relevant = ir_task(split.test, config.eval_max_queries, config.seed)
+    evaluator = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims, primary=config.objective,
+        batch_size=config.eval_batch_size, show_progress_bar=True,
+    )
+    return model, split, evaluator
+
+
+def evaluate_baseline(config: TrainConfig) -> dict[str, float]:
+    """The untrained model's metrics on the run's held-out split (the same for every trial)."""
+    model, _, evaluator = prepare(config)
+    return evaluator(model)
+
+
+def train(
+    config: TrainConfig,
+    on_epoch: OnEpoch | None = None,
+    *,
+    resume_from: str | None = None,
+    baseline: dict[str, float] | None = None,
+) -> TrainResult:
     """Fine-tune ``config.model`` with MatryoshkaLoss(MNRL) and save it to ``config.output_dir``.
 
-    ``on_epoch(epoch, metrics)`` is called after every epoch's evaluation with the flat
-    per-dim metrics (``dim_64_cosine_map@100``...), so a sweep can report them.
+    ``on_epoch(epoch, metrics, checkpoint_dir)`` is called after every epoch's evaluation with
+    the flat per-dim metrics (``dim_64_cosine_map@100``...) and that epoch's checkpoint, so a
+    sweep can report both. ``resume_from`` continues from such a checkpoint; ``baseline``
+    skips the baseline evaluation when the caller already has it.
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
@@ -105,35 +138,49 @@ def train(config: TrainConfig, on_epoch: OnEpoch | None = None) -> TrainResult:
 
     started = time.perf_counter()
     set_seed(config.seed)
-    model = load_model(config.model, config.max_seq_length)
-    check_dims(config.matryoshka_dims, embedding_dim(model), config.model)
-    if config.query_prompt:
-        # Saved with the model: encode_query() and the server apply it like training did.
-        model.prompts["query"] = config.query_prompt
-
-    split = load_split(config)
-    queries, corpus, relevant = ir_task(split.test, config.eval_max_queries, config.seed)
-    evaluator = MatryoshkaInformationRetrievalEvaluator(
-        queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims, primary=config.objective,
-        batch_size=config.eval_batch_size, show_progress_bar=True,
-    )
-    logger.info("baseline evaluation: %d queries against %d passages", len(queries), len(corpus))
+    model, split, evaluator = prepare(config)
+    if baseline is None:
+        logger.info(
+            "baseline evaluation: %d queries against %d passages", len(evaluator.queries), len(evaluator.corpus)
+        )
+        baseline = evaluator(model)
     result = TrainResult(
-        output_dir=config.output_dir, objective=config.objective, baseline=evaluator(model),
-        train_pairs=len(split.train), eval_queries=len(queries), eval_corpus=len(corpus),
+        output_dir=config.output_dir, objective=config.objective, baseline=baseline,
+        train_pairs=len(split.train), eval_queries=len(evaluator.queries), eval_corpus=len(evaluator.corpus),
         dropped=split.dropped, config=config.to_dict(),
     )
 
     output_dir = Path(config.output_dir)
     checkpoints = output_dir / "checkpoints"
+    # A sweep needs every epoch's checkpoint; a single run only to pick its best epoch.
+    save_each_epoch = on_epoch is not None or config.load_best_model_at_end
 
     class EpochCallback(TrainerCallback):
+        pending: dict[str, float] | None = None
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"training loss is {loss} at step {state.global_step} (learning_rate="
+                    f"{config.learning_rate}): lower the learning rate or use precision=fp32"
+                )
+
         def on_evaluate(self, args, state, control, metrics=None, **kwargs):
             flat = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")}
-            epoch = round(state.epoch or len(result.epochs) + 1)
-            result.epochs.append({"epoch": epoch, "step": state.global_step, **flat})
-            if on_epoch is not None:
-                on_epoch(epoch, flat)
+            result.epochs.append({"epoch": round(state.epoch or 0), "step": state.global_step, **flat})
+            self.pending = flat
+            if not save_each_epoch:
+                self._report(None)
+
+        def on_save(self, args, state, control, **kwargs):
+            if self.pending is not None:
+                self._report(str(checkpoints / f"checkpoint-{state.global_step}"))
+
+        def _report(self, checkpoint: str | None) -> None:
+            if on_epoch is not None and self.pending is not None:
+                on_epoch(result.epochs[-1]["epoch"], self.pending, checkpoint)
+            self.pending = None
 
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
@@ -149,7 +196,7 @@ def train(config: TrainConfig, on_epoch: OnEpoch | None = None) -> TrainResult:
         batch_sampler=BatchSamplers.NO_DUPLICATES if config.no_duplicates else BatchSamplers.BATCH_SAMPLER,
         prompts={"anchor": config.query_prompt} if config.query_prompt else None,
         eval_strategy="epoch",
-        save_strategy="epoch" if config.load_best_model_at_end else "no",
+        save_strategy="epoch" if save_each_epoch else "no",
         save_total_limit=1,
         load_best_model_at_end=config.load_best_model_at_end,
         metric_for_best_model=f"eval_{config.objective}",
@@ -166,12 +213,14 @@ def train(config: TrainConfig, on_epoch: OnEpoch | None = None) -> TrainResult:
         model=model, args=args, train_dataset=train_dataset, loss=build_loss(model, config),
         evaluator=evaluator, callbacks=[EpochCallback()],
     )
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
 
-    objective_values = [e.get(config.objective, float("-inf")) for e in result.epochs]
     if result.epochs:
-        best = max(range(len(objective_values)), key=objective_values.__getitem__)
-        result.best_epoch = best + 1 if config.load_best_model_at_end else len(result.epochs)
+        if config.load_best_model_at_end:
+            values = [e.get(config.objective, float("-inf")) for e in result.epochs]
+            result.best_epoch = max(range(len(values)), key=values.__getitem__) + 1
+        else:
+            result.best_epoch = len(result.epochs)
     _card_shows(model, evaluator, result.final)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(output_dir))

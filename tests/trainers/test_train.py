@@ -1,4 +1,5 @@
 import json
+import shutil
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
@@ -18,10 +19,11 @@ def test_tiny_training_run_reports_every_dim_every_epoch(tiny_model_path, debian
         query_prompt="query: ", learning_rate=1e-3,
     )
     seen = []
-    result = train(config, on_epoch=lambda epoch, metrics: seen.append((epoch, metrics)))
+    result = train(config, on_epoch=lambda epoch, metrics, checkpoint: seen.append((epoch, metrics, checkpoint)))
 
-    assert [epoch for epoch, _ in seen] == [1, 2]
-    for _, metrics in seen:
+    assert [epoch for epoch, _, _ in seen] == [1, 2]
+    assert all(checkpoint and "checkpoint-" in checkpoint for _, _, checkpoint in seen)
+    for _, metrics, _ in seen:
         for dim in DIMS:
             assert 0 <= metrics[f"dim_{dim}_cosine_map@100"] <= 1
         assert "mean_cosine_map@100" in metrics
@@ -49,6 +51,27 @@ def test_tiny_training_run_reports_every_dim_every_epoch(tiny_model_path, debian
     again = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=DIMS)(reloaded)
     assert again["dim_64_cosine_map@100"] == pytest.approx(result.final["dim_64_cosine_map@100"], abs=1e-6)
     assert reloaded.encode(texts).shape == (2, 384)
+
+
+def test_resume_from_an_epoch_checkpoint_runs_only_the_rest(tiny_model_path, debian_sample_file, tmp_path):
+    config = TrainConfig(
+        model=str(tiny_model_path), data=str(debian_sample_file), matryoshka_dims=(384, 64), epochs=2,
+        batch_size=16, eval_size=80, max_pairs=48, max_seq_length=32, output_dir=str(tmp_path / "a"),
+        load_best_model_at_end=False,
+    )
+    saved = {}
+
+    def keep(epoch, metrics, checkpoint):
+        # HF rotates its checkpoints (save_total_limit=1): keep a copy, as Tune does.
+        saved[epoch] = shutil.copytree(checkpoint, tmp_path / f"epoch{epoch}")
+
+    full = train(config, on_epoch=keep)
+    resumed = train(
+        config.replace(output_dir=str(tmp_path / "b")), resume_from=str(saved[1]), baseline=full.baseline
+    )
+    assert [e["epoch"] for e in resumed.epochs] == [2]
+    assert resumed.epochs[0]["step"] == full.epochs[1]["step"]
+    assert resumed.baseline == full.baseline
 
 
 def test_cli_prints_the_dim_table(tiny_model_path, debian_sample_file, tmp_path, capsys):

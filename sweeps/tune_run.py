@@ -1,0 +1,165 @@
+"""Run a sweep on Ray Tune: OptunaSearch (TPE, seeded) + ASHA, W&B per trial, resume, export.
+
+Only the current ``ray.tune`` API is used (Tuner, TuneConfig, RunConfig, tune.report,
+tune.Checkpoint, tune.get_checkpoint): ``ray.train.report`` inside Tune is an error in Ray
+2.60. ``python sweeps/run.py`` is the entry point; this module holds the Ray side.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+from sweeps.config import SweepConfig
+from sweeps.report import Summary, export
+from sweeps.trainable import OBJECTIVE, run_trial
+
+logger = logging.getLogger(__name__)
+
+
+def sweep_dir(config: SweepConfig) -> Path | str:
+    """Where Tune keeps the sweep: a local folder (absolute) or a URI (s3://...)."""
+    if "://" in config.storage_path:
+        return f"{config.storage_path.rstrip('/')}/{config.name}"
+    return Path(config.storage_path).resolve() / config.name
+
+
+def local_dir(config: SweepConfig) -> Path:
+    """Where the report, best model and W&B files go on this machine."""
+    if "://" in config.storage_path:
+        return Path("runs").resolve() / config.name
+    return Path(sweep_dir(config))
+
+
+def init_ray(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address:
+        logger.info("connecting to the Ray cluster at %s", address)
+        ray.init(address=address)
+    else:
+        # A local Ray for this process alone; it stops when the sweep ends.
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+
+
+def baseline_metrics(config: SweepConfig, out: Path) -> dict[str, float]:
+    """The base model's metrics, computed once per sweep on a trial's resources and cached."""
+    import ray
+
+    from trainers.train import evaluate_baseline
+
+    cache = out / "baseline.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(evaluate_baseline)
+    logger.info("evaluating the base model once for the whole sweep")
+    metrics = ray.get(task.remote(config.base_config()))
+    out.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def trial_dirname(trial) -> str:
+    """trial_<id>: Tune's default name repeats every sampled value and gets very long."""
+    return f"trial_{trial.trial_id}"
+
+
+def wandb_callback(config: SweepConfig, out: Path):
+    from ray.air.integrations.wandb import WandbLoggerCallback
+
+    class Callback(WandbLoggerCallback):
+        def __del__(self):
+            # Ray's __del__ calls ray.is_initialized() even at interpreter exit, when module
+            # globals are gone; the actors were already cleaned up in on_experiment_end.
+            try:
+                super().__del__()
+            except (AttributeError, TypeError):
+                pass
+
+    if not config.wandb:
+        return None
+    online = bool(os.environ.get("WANDB_API_KEY"))
+    if not online:
+        # Ray's callback asks for an API key unless WANDB_MODE says offline (the kwarg is not enough).
+        os.environ.setdefault("WANDB_MODE", "offline")
+    (out / "wandb").mkdir(parents=True, exist_ok=True)
+    # An explicit dir: without it Ray copies half-written offline runs around.
+    return Callback(
+        project=config.wandb_project, group=config.name, job_type="trial", log_config=True,
+        dir=str(out / "wandb"), mode="online" if online else "offline",
+    )
+
+
+def build_trainable(config: SweepConfig, baseline: dict[str, float]):
+    from ray import tune
+
+    trainable = tune.with_parameters(run_trial, sweep=config.to_dict(), baseline=baseline)
+    return tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+
+
+def max_epochs(config: SweepConfig) -> int:
+    spec = config.search.get("epochs")
+    if spec is None:
+        return int(config.base_config().epochs)
+    (kind, args), = spec.items()
+    return int(max(args))
+
+
+def run_sweep(config: SweepConfig, resume: bool = False, address: str | None = None) -> Summary:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    out = local_dir(config)
+    path = sweep_dir(config)
+    init_ray(address)
+    baseline = baseline_metrics(config, out)
+    trainable = build_trainable(config, baseline)
+
+    if resume:
+        if not tune.Tuner.can_restore(str(path)):
+            raise SystemExit(f"error: nothing to resume at {path}; run without --resume first")
+        logger.info("resuming %s: finished trials stay, unfinished ones continue from their checkpoint", path)
+        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        if "://" not in str(path) and tune.Tuner.can_restore(str(path)):
+            raise SystemExit(f"error: {path} already holds a sweep: pass --resume, or a new --name")
+        params = config.params()
+        searcher = OptunaSearch(
+            metric=OBJECTIVE, mode="max", seed=config.seed,
+            points_to_evaluate=config.first_points() or None,
+        )
+        scheduler = ASHAScheduler(
+            time_attr="training_iteration", max_t=max_epochs(config),
+            grace_period=config.grace_period, reduction_factor=config.reduction_factor,
+        )
+        callbacks = [cb for cb in (wandb_callback(config, out),) if cb is not None]
+        tuner = tune.Tuner(
+            trainable,
+            param_space={p.key: p.domain() for p in params},
+            tune_config=tune.TuneConfig(
+                # metric and mode go to OptunaSearch AND here (Ray 2.60 wants both to agree).
+                metric=OBJECTIVE, mode="max", search_alg=searcher, scheduler=scheduler,
+                num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent_trials,
+                trial_dirname_creator=trial_dirname,
+            ),
+            run_config=tune.RunConfig(
+                name=config.name,
+                storage_path=str(path).rsplit("/", 1)[0] if "://" in str(path) else str(Path(path).parent),
+                callbacks=callbacks,
+                checkpoint_config=tune.CheckpointConfig(
+                    num_to_keep=config.checkpoints_to_keep,
+                    checkpoint_score_attribute=OBJECTIVE, checkpoint_score_order="max",
+                ),
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                verbose=1,
+            ),
+        )
+        (out / "sweep.json").parent.mkdir(parents=True, exist_ok=True)
+        (out / "sweep.json").write_text(json.dumps(config.to_dict(), indent=2))
+    results = tuner.fit()
+    return export(config, results, baseline, out)

@@ -1,0 +1,102 @@
+"""Sweep configs: every shipped one validates; bad ones fail before Ray starts, naming the key."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps import config as sweep_config
+from sweeps import run
+from sweeps.config import SweepConfig
+from trainers.config import ConfigError
+from trainers.models import KNOWN_DIMS, declared_dim
+
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "sweeps" / "configs").glob("*.yaml"))
+
+
+def test_the_seed_model_configs_are_all_there():
+    names = {p.stem for p in CONFIGS}
+    assert {"local", "financial-bge-base", "german-tax-bge-m3", "swahili-bge-base", "catalan-bge-m3", "qa-bge-small"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_every_shipped_config_validates_and_its_dims_fit_the_model(path):
+    config = sweep_config.load(path)
+    base = config.base_config()
+    dim = declared_dim(base.model)
+    assert dim is not None, f"{base.model}: add its dimension to KNOWN_DIMS"
+    assert max(base.matryoshka_dims) <= dim
+    run.check_model_dims(config)
+    assert config.params(), "a sweep searches something"
+    if config.seed_recipe:
+        seed = config.first_points()[0]
+        assert seed.get("learning_rate") == 2e-5 and seed.get("batch_size") == 32
+        assert all(v == 1.0 for k, v in seed.items() if k.startswith("weight_"))
+
+
+def test_the_qa_config_is_a_single_dim_mnrl_run():
+    config = sweep_config.load(next(p for p in CONFIGS if p.stem == "qa-bge-small"))
+    assert config.base_config().matryoshka_dims == (384,) == (KNOWN_DIMS["BAAI/bge-small-en-v1.5"],)
+
+
+def test_weights_expand_to_one_float_per_dim_and_map_back():
+    config = SweepConfig(
+        train={"matryoshka_dims": [384, 128, 64]},
+        search={"matryoshka_weights": {"uniform": [0.5, 2.0]}, "batch_size": {"choice": [16, 32]}},
+        seed_recipe=False,
+    )
+    assert [p.key for p in config.params()] == ["weight_384", "weight_128", "weight_64", "batch_size"]
+    trial = config.trial_config({"weight_384": 2.0, "weight_128": 1.0, "weight_64": 0.5, "batch_size": 16})
+    assert trial.matryoshka_weights == (2.0, 1.0, 0.5) and trial.batch_size == 16
+
+
+def _write(tmp_path, values):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+GOOD = {
+    "train": {"matryoshka_dims": [384, 64], "max_pairs": 50},
+    "search": {"learning_rate": {"loguniform": [1e-5, 1e-4]}, "batch_size": {"choice": [16, 32]}},
+    "seed_recipe": False,
+}
+
+
+@pytest.mark.parametrize(
+    "change, needle",
+    [
+        ({"num_sample": 3}, "num_sample"),
+        ({"search": {"learning_rate": {"loguniform": [1e-4, 1e-5]}}}, "search.learning_rate.loguniform: empty range"),
+        ({"search": {"batch_size": {"choice": [0, 16]}}}, "batch_size=0"),
+        ({"search": {"lr": {"uniform": [0, 1]}}}, "unknown or unsearchable key(s) ['lr']"),
+        ({"search": {"epochs": 3}}, "search.epochs=3"),
+        ({"search": {"batch_size": {"gaussian": [1, 2]}}}, "unknown distribution 'gaussian'"),
+        ({"train": {"matryoshka_dims": [384, 64], "matryoshka_weights": [1, 1, 1]}}, "one weight per dim"),
+        ({"train": {"matryoshka_dims": [512, 64]}}, "exceed the dimension of bundled:minilm (384)"),
+        ({"points_to_evaluate": [{"learning_rate": 1e-5, "batch_size": 64}]}, "batch_size=64 is outside"),
+        ({"search": {"learning_rate": {"loguniform": [1e-5, 1e-4]}, "batch_size": {"choice": [16]}},
+          "seed_recipe": True}, "seed_recipe: batch_size=32 is outside"),
+        ({"search": {"matryoshka_weights": {"uniform": [0.5, 2]}}, "points_to_evaluate": [{"matryoshka_weights": [1, 1, 1]}]},
+         "3 weights for 2 dims"),
+        ({"num_samples": 0}, "num_samples=0"),
+        ({"checkpoints_to_keep": 5}, "checkpoints_to_keep=5"),
+    ],
+)
+def test_bad_sweep_configs_fail_before_ray_starts(tmp_path, capsys, change, needle):
+    import ray
+
+    path = _write(tmp_path, {**GOOD, **change})
+    assert run.main(["--config", str(path), "--no-wandb", "--storage_path", str(tmp_path / "runs")]) == 2
+    assert needle in capsys.readouterr().err
+    assert not ray.is_initialized()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_overrides_fix_a_searched_key_and_reject_unknown_ones(tmp_path):
+    path = _write(tmp_path, GOOD)
+    config = sweep_config.load(path, {"batch_size": "16", "num_samples": "4"})
+    assert "batch_size" not in config.search and config.train["batch_size"] == "16"
+    assert config.num_samples == 4 and config.base_config().batch_size == 16
+    with pytest.raises(ConfigError, match="--bogus"):
+        sweep_config.load(path, {"bogus": "1"})

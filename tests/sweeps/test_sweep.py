@@ -1,0 +1,129 @@
+"""Real sweeps on a real local Ray: Optuna + ASHA, W&B offline files, a failing trial,
+a killed-and-resumed sweep, and the exported best model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sweeps import run
+from sweeps.trainable import FAULT_ENV
+from tests.sweeps import wandb_records
+
+REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def smoke_sweep(tmp_path_factory):
+    """One smoke sweep (3 trials, tiny model) whose first-point trial fails after its first epoch."""
+    storage = tmp_path_factory.mktemp("runs")
+    os.environ[FAULT_ENV] = "learning_rate=0.001:1"  # the smoke sweep's first point
+    try:
+        code = run.main(["--smoke-test", "--name", "smoke", "--storage_path", str(storage)])
+    finally:
+        os.environ.pop(FAULT_ENV)
+    return code, storage / "smoke"
+
+
+def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
+    code, out = smoke_sweep
+    assert code == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 3
+    for row in rows:
+        for dim in (384, 128, 64):
+            assert f"dim_{dim}_map@100" in row
+    report = (out / "report.md").read_text()
+    assert "## Best trial" in report and "## Trials" in report and "| 64 |" in report
+    assert (out / "map_vs_dim.png").stat().st_size > 1000
+    # The exported model is a plain sentence-transformers folder with its training state removed.
+    from sentence_transformers import SentenceTransformer
+
+    best = out / "best"
+    assert not (best / "optimizer.pt").exists()
+    model = SentenceTransformer(str(best), device="cpu")
+    embeddings = model.encode(["a package manager", "a text editor"])
+    assert embeddings.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
+    metrics = json.loads((best / "metrics.json").read_text())
+    assert metrics["final"]["dim_64_cosine_map@100"] > 0
+
+
+def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(smoke_sweep):
+    _, out = smoke_sweep
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    failed = [r for r in rows if r["status"] == "failed"]
+    assert len(failed) == 1 and "injected fault" in failed[0]["error"]
+    assert sum(r["status"] != "failed" for r in rows) == 2
+    assert "## Failed trials" in (out / "report.md").read_text()
+
+
+def test_every_trial_logs_every_dim_to_wandb_offline(smoke_sweep):
+    _, out = smoke_sweep
+    run_files = sorted((out / "wandb").rglob("offline-run-*/run-*.wandb"))
+    assert len(run_files) == 3, "one W&B run per trial"
+    for run_file in run_files:
+        info = wandb_records.run_info(run_file)
+        assert (info.run_group, info.job_type) == ("smoke", "trial")
+        history = wandb_records.history(run_file)
+        assert history, f"{run_file} has no history"
+        keys = set().union(*history)
+        for dim in (384, 128, 64):
+            assert f"dim_{dim}_cosine_map@100" in keys
+        assert "objective" in keys
+
+
+def _trial_dirs(out: Path) -> list[Path]:
+    return [p for p in out.iterdir() if p.is_dir() and p.name.startswith("trial_")]
+
+
+def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+    storage = tmp_path / "runs"
+    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "killed", "--no-wandb", "--storage_path", str(storage)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
+                            stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
+    out = storage / "killed"
+    deadline = time.monotonic() + 300
+    finished: dict[str, str] = {}
+    interrupted: list[str] = []
+    try:
+        # Kill it hard once one trial has finished and another holds a checkpoint mid-run.
+        while time.monotonic() < deadline:
+            time.sleep(1)
+            dirs = _trial_dirs(out) if out.exists() else []
+            done = {d.name: (d / "result.json").read_text() for d in dirs
+                    if (d / "result.json").exists() and '"done": true' in (d / "result.json").read_text()}
+            checkpointed = [d for d in dirs if d.name not in done and any(d.glob("checkpoint_*"))]
+            if done and checkpointed:
+                finished, interrupted = done, [d.name for d in checkpointed]
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        else:
+            pytest.fail("no trial finished in time:\n" + (tmp_path / "first.log").read_text()[-3000:])
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (out / "results.csv").exists(), "the first run must not have finished"
+
+    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert len(rows) == 3 and all(r["status"] != "failed" for r in rows), rows
+    for name, before in finished.items():
+        assert (out / name / "result.json").read_text() == before, f"{name} was run again"
+    for name in interrupted:
+        # Continued from its checkpoint: every epoch reported once, none started over.
+        epochs = [json.loads(line)["epoch"] for line in (out / name / "result.json").read_text().splitlines()]
+        assert epochs == sorted(set(epochs)), f"{name} restarted: epochs {epochs}"
+    assert (out / "best" / "modules.json").exists()
