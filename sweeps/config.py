@@ -257,14 +257,7 @@ def _parse_scalar(key: str, text: str, kind: str) -> Any:
 
 def load(path: str | Path | None, overrides: dict[str, Any] | None = None) -> SweepConfig:
     """Load a sweep YAML and apply overrides: sweep keys, or trainers keys (they go to train:)."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"sweep config {path} does not exist")
-        values = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
+    values = train_config.read_yaml_mapping(path) if path is not None else {}
     values.setdefault("train", {})
     values["train"] = dict(values["train"] or {})
     for key, value in (overrides or {}).items():

@@ -67,7 +67,9 @@ def trial_table(config: SweepConfig, results) -> list[dict[str, Any]]:
             row["status"] = "completed"
             row["error"] = ""
         row["seconds"] = round(float((result.metrics or {}).get("time_total_s", 0.0)), 1)
-        row["first_point"] = any(all(trial_config.get(k) == v for k, v in p.items()) for p in first)
+        matches = [all(trial_config.get(k) == v for k, v in p.items()) for p in first]
+        row["first_point"] = any(matches)
+        row["seed_recipe"] = bool(config.seed_recipe and matches and matches[0])
         row["_result"] = result
         row["_best"] = best
         rows.append(row)
@@ -120,7 +122,7 @@ def plot_map_vs_dim(config: SweepConfig, baseline: dict[str, float], rows: list[
     dims = list(config.dims)
     fig, ax = plt.subplots(figsize=(6, 4))
     lines = [("base model", [_metric(baseline, f"dim_{d}", "map@100") for d in dims], "o--")]
-    seed = next((r for r in rows if r["first_point"] and config.seed_recipe and r[OBJECTIVE] is not None), None)
+    seed = next((r for r in rows if r["seed_recipe"] and r[OBJECTIVE] is not None), None)
     if seed is not None:
         lines.append((f"seed recipe ({seed['trial']})", [seed[f"dim_{d}_map@100"] for d in dims], "s-"))
     if best is not None:
@@ -219,7 +221,7 @@ def write_report(config: SweepConfig, rows, baseline, best_row, best_dir, imp, o
     columns = ["trial", *params, *[f"dim_{d}_map@100" for d in config.dims], "status", "seconds"]
     lines += ["## Trials", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        marks = " (first point)" if r["first_point"] else ""
+        marks = " (seed recipe)" if r["seed_recipe"] else " (first point)" if r["first_point"] else ""
         cells = [f"{r[c]:.0f}" if c == "seconds" else _fmt(r[c]) + (marks if c == "trial" else "") for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] == "failed"]
@@ -234,6 +236,10 @@ def write_report(config: SweepConfig, rows, baseline, best_row, best_dir, imp, o
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def wandb_online() -> bool:
+    return bool(os.environ.get("WANDB_API_KEY"))
 
 
 def export(config: SweepConfig, results, baseline: dict[str, float], out: Path) -> Summary:
@@ -257,9 +263,5 @@ def export(config: SweepConfig, results, baseline: dict[str, float], out: Path) 
         text.append("no trial reported a result: no model exported (see the report's failed trials)")
     if config.wandb:
         text.append(f"W&B:        offline runs in {out / 'wandb'} (upload: wandb sync {out / 'wandb'}/wandb/offline-run-*)"
-                    if not _online() else f"W&B:        project {config.wandb_project}, group {config.name}")
+                    if not wandb_online() else f"W&B:        project {config.wandb_project}, group {config.name}")
     return Summary(text="\n".join(text), best_dir=best_dir, report=report, rows=rows)
-
-
-def _online() -> bool:
-    return bool(os.environ.get("WANDB_API_KEY"))

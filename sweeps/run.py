@@ -3,7 +3,7 @@
     python sweeps/run.py                                   # the embedded default, local Ray
     python sweeps/run.py --config sweeps/configs/local.yaml --name try2 --num-samples 8
     python sweeps/run.py --name try2 --resume              # continue an interrupted sweep
-    python sweeps/run.py --smoke-test                      # tiny model, 3 trials, ~2 minutes
+    python sweeps/run.py --smoke-test                      # tiny model, 3 trials, about a minute
     python sweeps/run.py --max_pairs 2000 --epochs 2       # any trainers key fixes that value
     RAY_ADDRESS=auto python sweeps/run.py --config sweeps/configs/cluster.yaml   # on a cluster
 
@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +39,7 @@ DEFAULT_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
         epilog="Any other --key value sets a sweep key or fixes a trainers key (python -m trainers.train --help).",
     )
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: %(default)s)")
@@ -88,7 +89,7 @@ def load_config(args: argparse.Namespace, extra: list[str]) -> SweepConfig:
         overrides["wandb"] = False
     config = sweep_config.load(args.config, overrides)
     if args.smoke_test:
-        name = args.name or "smoke"
+        name = args.name or time.strftime("smoke-%Y%m%d-%H%M%S")
         smoke = smoke_overrides(Path(config.storage_path).resolve() / name)
         values = {**config.to_dict(), **smoke, "name": name}
         if args.num_samples is not None:

@@ -25,6 +25,9 @@ def run_trial(sampled: dict[str, Any], *, sweep: dict[str, Any], baseline: dict[
     from sweeps.config import from_dict
     from trainers.train import train
 
+    # Ray relays worker output line by line: progress bars become floods of lines. Tune's
+    # status table and W&B are the progress view of a sweep.
+    os.environ["TQDM_DISABLE"] = "1"
     config = from_dict(sweep)
     context = tune.get_context()
     trial_config = config.trial_config(sampled, output_dir=os.path.join(context.get_trial_dir(), "model"))

@@ -12,8 +12,10 @@ import logging
 import os
 from pathlib import Path
 
+from ray.air.integrations.wandb import WandbLoggerCallback
+
 from sweeps.config import SweepConfig
-from sweeps.report import Summary, export
+from sweeps.report import Summary, export, wandb_online
 from sweeps.trainable import OBJECTIVE, run_trial
 
 logger = logging.getLogger(__name__)
@@ -55,7 +57,10 @@ def baseline_metrics(config: SweepConfig, out: Path) -> dict[str, float]:
     cache = out / "baseline.json"
     if cache.is_file():
         return json.loads(cache.read_text())
-    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(evaluate_baseline)
+    task = ray.remote(
+        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial,
+        runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # no progress-bar floods through Ray's log
+    )(evaluate_baseline)
     logger.info("evaluating the base model once for the whole sweep")
     metrics = ray.get(task.remote(config.base_config()))
     out.mkdir(parents=True, exist_ok=True)
@@ -68,29 +73,31 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def wandb_callback(config: SweepConfig, out: Path):
-    from ray.air.integrations.wandb import WandbLoggerCallback
+class _WandbCallback(WandbLoggerCallback):
+    def __del__(self):
+        # Ray's __del__ calls ray.is_initialized() even at interpreter exit, when module
+        # globals are gone; the actors were already cleaned up in on_experiment_end.
+        try:
+            super().__del__()
+        except (AttributeError, TypeError):
+            pass
 
-    class Callback(WandbLoggerCallback):
-        def __del__(self):
-            # Ray's __del__ calls ray.is_initialized() even at interpreter exit, when module
-            # globals are gone; the actors were already cleaned up in on_experiment_end.
-            try:
-                super().__del__()
-            except (AttributeError, TypeError):
-                pass
 
+def configure_wandb_mode(config: SweepConfig) -> None:
+    """Offline unless an API key is set. Needed for new sweeps and for restored ones, whose
+    pickled callback asks for an API key unless WANDB_MODE says offline."""
+    if config.wandb and not wandb_online():
+        os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def wandb_callback(config: SweepConfig, out: Path) -> WandbLoggerCallback | None:
     if not config.wandb:
         return None
-    online = bool(os.environ.get("WANDB_API_KEY"))
-    if not online:
-        # Ray's callback asks for an API key unless WANDB_MODE says offline (the kwarg is not enough).
-        os.environ.setdefault("WANDB_MODE", "offline")
     (out / "wandb").mkdir(parents=True, exist_ok=True)
     # An explicit dir: without it Ray copies half-written offline runs around.
-    return Callback(
+    return _WandbCallback(
         project=config.wandb_project, group=config.name, job_type="trial", log_config=True,
-        dir=str(out / "wandb"), mode="online" if online else "offline",
+        dir=str(out / "wandb"), mode="online" if wandb_online() else "offline",
     )
 
 
@@ -116,6 +123,7 @@ def run_sweep(config: SweepConfig, resume: bool = False, address: str | None = N
 
     out = local_dir(config)
     path = sweep_dir(config)
+    configure_wandb_mode(config)
     init_ray(address)
     baseline = baseline_metrics(config, out)
     trainable = build_trainable(config, baseline)

@@ -1,5 +1,6 @@
 """One Matryoshka fine-tuning run: baseline evaluation, training, per-epoch evaluation, save.
 
+    python -m trainers.train                # trainers/configs/default.yaml: < 15 min on 2 CPU cores
     python -m trainers.train --config trainers/configs/default.yaml [--key value ...]
     python -m trainers.train --help        # every key, its default and its meaning
 
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from transformers import TrainerCallback
 
 from trainers import config as config_lib
 from trainers.config import TrainConfig
@@ -117,72 +120,49 @@ def evaluate_baseline(config: TrainConfig) -> dict[str, float]:
     return evaluator(model)
 
 
-def train(
-    config: TrainConfig,
-    on_epoch: OnEpoch | None = None,
-    *,
-    resume_from: str | None = None,
-    baseline: dict[str, float] | None = None,
-) -> TrainResult:
-    """Fine-tune ``config.model`` with MatryoshkaLoss(MNRL) and save it to ``config.output_dir``.
+class EpochReporter(TrainerCallback):
+    """Collects every epoch's metrics into the result and hands them to ``on_epoch``.
 
-    ``on_epoch(epoch, metrics, checkpoint_dir)`` is called after every epoch's evaluation with
-    the flat per-dim metrics (``dim_64_cosine_map@100``...) and that epoch's checkpoint, so a
-    sweep can report both. ``resume_from`` continues from such a checkpoint; ``baseline``
-    skips the baseline evaluation when the caller already has it.
+    With per-epoch saving the report waits for on_save, so the checkpoint it names exists
+    (the Trainer evaluates, then saves). It also stops a run whose loss is no longer finite.
     """
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+    def __init__(self, result: TrainResult, on_epoch: OnEpoch | None, checkpoints: Path,
+                 save_each_epoch: bool, learning_rate: float) -> None:
+        self.result, self.on_epoch, self.checkpoints = result, on_epoch, checkpoints
+        self.save_each_epoch, self.learning_rate = save_each_epoch, learning_rate
+        self.pending: dict[str, float] | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise FloatingPointError(
+                f"training loss is {loss} at step {state.global_step} (learning_rate="
+                f"{self.learning_rate}): lower the learning rate or use precision=fp32"
+            )
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        flat = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")}
+        self.result.epochs.append({"epoch": round(state.epoch or 0), "step": state.global_step, **flat})
+        self.pending = flat
+        if not self.save_each_epoch:
+            self._report(None)
+
+    def on_save(self, args, state, control, **kwargs):
+        if self.pending is not None:
+            self._report(str(self.checkpoints / f"checkpoint-{state.global_step}"))
+
+    def _report(self, checkpoint: str | None) -> None:
+        if self.on_epoch is not None and self.pending is not None:
+            self.on_epoch(self.result.epochs[-1]["epoch"], self.pending, checkpoint)
+        self.pending = None
+
+
+def training_args(config: TrainConfig, checkpoints: Path, save_each_epoch: bool):
+    from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
-    from transformers import TrainerCallback, set_seed
 
-    started = time.perf_counter()
-    set_seed(config.seed)
-    model, split, evaluator = prepare(config)
-    if baseline is None:
-        logger.info(
-            "baseline evaluation: %d queries against %d passages", len(evaluator.queries), len(evaluator.corpus)
-        )
-        baseline = evaluator(model)
-    result = TrainResult(
-        output_dir=config.output_dir, objective=config.objective, baseline=baseline,
-        train_pairs=len(split.train), eval_queries=len(evaluator.queries), eval_corpus=len(evaluator.corpus),
-        dropped=split.dropped, config=config.to_dict(),
-    )
-
-    output_dir = Path(config.output_dir)
-    checkpoints = output_dir / "checkpoints"
-    # A sweep needs every epoch's checkpoint; a single run only to pick its best epoch.
-    save_each_epoch = on_epoch is not None or config.load_best_model_at_end
-
-    class EpochCallback(TrainerCallback):
-        pending: dict[str, float] | None = None
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            loss = (logs or {}).get("loss")
-            if loss is not None and not math.isfinite(loss):
-                raise FloatingPointError(
-                    f"training loss is {loss} at step {state.global_step} (learning_rate="
-                    f"{config.learning_rate}): lower the learning rate or use precision=fp32"
-                )
-
-        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-            flat = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")}
-            result.epochs.append({"epoch": round(state.epoch or 0), "step": state.global_step, **flat})
-            self.pending = flat
-            if not save_each_epoch:
-                self._report(None)
-
-        def on_save(self, args, state, control, **kwargs):
-            if self.pending is not None:
-                self._report(str(checkpoints / f"checkpoint-{state.global_step}"))
-
-        def _report(self, checkpoint: str | None) -> None:
-            if on_epoch is not None and self.pending is not None:
-                on_epoch(result.epochs[-1]["epoch"], self.pending, checkpoint)
-            self.pending = None
-
-    args = SentenceTransformerTrainingArguments(
+    return SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
@@ -206,12 +186,51 @@ def train(
         dataloader_num_workers=0,
         **precision_args(config.precision),
     )
+
+
+def train(
+    config: TrainConfig,
+    on_epoch: OnEpoch | None = None,
+    *,
+    resume_from: str | None = None,
+    baseline: dict[str, float] | None = None,
+) -> TrainResult:
+    """Fine-tune ``config.model`` with MatryoshkaLoss(MNRL) and save it to ``config.output_dir``.
+
+    ``on_epoch(epoch, metrics, checkpoint_dir)`` is called after every epoch's evaluation with
+    the flat per-dim metrics (``dim_64_cosine_map@100``...) and that epoch's checkpoint, so a
+    sweep can report both. ``resume_from`` continues from such a checkpoint; ``baseline``
+    skips the baseline evaluation when the caller already has it.
+    """
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformerTrainer
+    from transformers import set_seed
+
+    started = time.perf_counter()
+    set_seed(config.seed)
+    model, split, evaluator = prepare(config)
+    if baseline is None:
+        logger.info(
+            "baseline evaluation: %d queries against %d passages", len(evaluator.queries), len(evaluator.corpus)
+        )
+        baseline = evaluator(model)
+    result = TrainResult(
+        output_dir=config.output_dir, objective=config.objective, baseline=baseline,
+        train_pairs=len(split.train), eval_queries=len(evaluator.queries), eval_corpus=len(evaluator.corpus),
+        dropped=split.dropped, config=config.to_dict(),
+    )
+
+    output_dir = Path(config.output_dir)
+    checkpoints = output_dir / "checkpoints"
+    # A sweep needs every epoch's checkpoint; a single run only to pick its best epoch.
+    save_each_epoch = on_epoch is not None or config.load_best_model_at_end
+    reporter = EpochReporter(result, on_epoch, checkpoints, save_each_epoch, config.learning_rate)
     train_dataset = Dataset.from_dict(
         {"anchor": [p.query for p in split.train], "positive": [p.passage for p in split.train]}
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=train_dataset, loss=build_loss(model, config),
-        evaluator=evaluator, callbacks=[EpochCallback()],
+        model=model, args=training_args(config, checkpoints, save_each_epoch), train_dataset=train_dataset,
+        loss=build_loss(model, config), evaluator=evaluator, callbacks=[reporter],
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
@@ -257,7 +276,11 @@ def format_table(result: TrainResult, metric: str = "cosine_map@100") -> str:
     return "\n".join(lines)
 
 
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+
 USAGE = """usage: python -m trainers.train [--config FILE.yaml] [--key value ...]
+
+Without --config it runs trainers/configs/default.yaml (bundled MiniLM, Debian pairs).
 
 Fine-tune a sentence-transformers model with MatryoshkaLoss(MultipleNegativesRankingLoss)
 and print baseline vs fine-tuned MAP@100 per Matryoshka dim.
@@ -276,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     if "-h" in argv or "--help" in argv:
         print(USAGE + config_lib.describe())
         return 0
-    config_path = None
+    config_path: str | None = str(DEFAULT_CONFIG)
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):

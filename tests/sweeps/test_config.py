@@ -83,13 +83,16 @@ GOOD = {
         ({"checkpoints_to_keep": 5}, "checkpoints_to_keep=5"),
     ],
 )
-def test_bad_sweep_configs_fail_before_ray_starts(tmp_path, capsys, change, needle):
-    import ray
+def test_bad_sweep_configs_fail_before_ray_starts(tmp_path, capsys, monkeypatch, change, needle):
+    from sweeps import tune_run
 
+    def no_ray(*args, **kwargs):
+        raise AssertionError("Ray was started for a bad config")
+
+    monkeypatch.setattr(tune_run, "init_ray", no_ray)
     path = _write(tmp_path, {**GOOD, **change})
     assert run.main(["--config", str(path), "--no-wandb", "--storage_path", str(tmp_path / "runs")]) == 2
     assert needle in capsys.readouterr().err
-    assert not ray.is_initialized()
     assert not (tmp_path / "runs").exists()
 
 

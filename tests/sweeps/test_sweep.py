@@ -32,7 +32,10 @@ def smoke_sweep(tmp_path_factory):
         code = run.main(["--smoke-test", "--name", "smoke", "--storage_path", str(storage)])
     finally:
         os.environ.pop(FAULT_ENV)
-    return code, storage / "smoke"
+    yield code, storage / "smoke"
+    import ray
+
+    ray.shutdown()  # the sweep started a local Ray in this process: free its CPUs
 
 
 def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
@@ -89,8 +92,10 @@ def _trial_dirs(out: Path) -> list[Path]:
 
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     storage = tmp_path / "runs"
-    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "killed", "--no-wandb", "--storage_path", str(storage)]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "killed", "--storage_path", str(storage)]
+    # W&B stays on (offline): a restored sweep brings back its pickled W&B callback too.
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
                             stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
     out = storage / "killed"

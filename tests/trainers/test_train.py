@@ -86,6 +86,19 @@ def test_cli_prints_the_dim_table(tiny_model_path, debian_sample_file, tmp_path,
     assert "| 384 |" in out and "| 64 |" in out
 
 
+def test_cli_without_config_uses_the_shipped_default(monkeypatch):
+    seen = {}
+
+    def fake_train(config):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(train_module, "train", fake_train)
+    with pytest.raises(SystemExit):
+        train_module.main(["--epochs", "2"])
+    assert seen["config"].max_pairs == 4000 and seen["config"].epochs == 2
+
+
 def test_cli_rejects_bad_keys_before_loading_anything(capsys):
     assert train_module.main(["--batch_size", "0"]) == 2
     assert "batch_size=0" in capsys.readouterr().err
