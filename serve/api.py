@@ -1,0 +1,138 @@
+"""The HTTP contract of the embedding service: OpenAI's embeddings API plus `input_type`.
+
+No Ray here: request parsing and validation, the response shape, and the one table that
+maps every error kind to its HTTP status, in OpenAI's error envelope:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "dimensions", "code": null}}
+"""
+
+from __future__ import annotations
+
+import base64
+import enum
+import json
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+
+class ErrorKind(enum.Enum):
+    """Every way a request can fail, with its HTTP status and OpenAI error type."""
+
+    INVALID_REQUEST = (400, "invalid_request_error")
+    MALFORMED_JSON = (400, "invalid_request_error")
+    TOO_MANY_INPUTS = (400, "invalid_request_error")
+    UNAUTHORIZED = (401, "authentication_error")
+    MODEL_NOT_FOUND = (404, "invalid_request_error")
+    BODY_TOO_LARGE = (413, "invalid_request_error")
+    OVERLOADED = (429, "rate_limit_error")
+    NOT_READY = (503, "service_unavailable")
+
+    @property
+    def status(self) -> int:
+        return self.value[0]
+
+    @property
+    def type(self) -> str:
+        return self.value[1]
+
+
+class APIError(Exception):
+    def __init__(self, kind: ErrorKind, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.kind, self.message, self.param = kind, message, param
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.kind.type, "param": self.param,
+                          "code": self.kind.name.lower()}}
+
+
+class EmbeddingRequest(BaseModel):
+    """POST /v1/embeddings. Unknown fields are ignored, as OpenAI's clients send extras."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: str | list[str]
+    model: str | None = None
+    dimensions: int | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    input_type: Literal["query", "document"] | None = None  # extension: "query" adds the query prompt
+    user: str | None = None
+
+    @field_validator("input", mode="before")
+    @classmethod
+    def _strings_only(cls, value: Any) -> Any:
+        # Without this pydantic would coerce nothing but reject with a long union message;
+        # OpenAI also accepts token arrays, which this server does not.
+        if isinstance(value, list) and any(not isinstance(v, str) for v in value):
+            bad = next(i for i, v in enumerate(value) if not isinstance(v, str))
+            raise ValueError(f"input[{bad}] is {type(value[bad]).__name__}: every input must be a string")
+        return value
+
+    @property
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+def parse_request(body: bytes, *, max_body_bytes: int, max_inputs: int, model_dim: int,
+                  served_names: tuple[str, ...]) -> EmbeddingRequest:
+    """Parse and check a request body, or raise APIError naming what is wrong."""
+    if len(body) > max_body_bytes:
+        raise APIError(ErrorKind.BODY_TOO_LARGE, f"request body is {len(body)} bytes; the limit is {max_body_bytes}")
+    try:
+        payload = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise APIError(ErrorKind.MALFORMED_JSON, f"request body is not valid JSON: {err}") from None
+    if not isinstance(payload, dict):
+        raise APIError(ErrorKind.INVALID_REQUEST, "request body must be a JSON object")
+    try:
+        request = EmbeddingRequest.model_validate(payload)
+    except ValidationError as err:
+        first = err.errors()[0]
+        param = ".".join(str(p) for p in first["loc"]) or None
+        message = first["msg"].removeprefix("Value error, ")
+        if first["type"] == "missing":
+            message = f"'{param}' is required"
+        elif first["type"] == "literal_error":
+            message = f"{param}={first.get('input')!r}: {message}"
+        raise APIError(ErrorKind.INVALID_REQUEST, message, param=param.split(".")[0] if param else None) from None
+    texts = request.texts
+    if not texts:
+        raise APIError(ErrorKind.INVALID_REQUEST, "input is empty: give a string or a non-empty list of strings", "input")
+    if len(texts) > max_inputs:
+        raise APIError(ErrorKind.TOO_MANY_INPUTS, f"{len(texts)} inputs; at most {max_inputs} per request", "input")
+    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    if empty:
+        raise APIError(ErrorKind.INVALID_REQUEST, f"input[{empty[0]}] is an empty string", "input")
+    if request.dimensions is not None and not 1 <= request.dimensions <= model_dim:
+        raise APIError(
+            ErrorKind.INVALID_REQUEST, f"dimensions={request.dimensions}: must be between 1 and {model_dim}", "dimensions"
+        )
+    if request.model is not None and request.model not in served_names:
+        raise APIError(
+            ErrorKind.MODEL_NOT_FOUND, f"model {request.model!r} is not served here; use {served_names[0]!r}", "model"
+        )
+    return request
+
+
+def truncate(embeddings: np.ndarray, dimensions: int | None) -> np.ndarray:
+    """Matryoshka truncation, then re-normalisation so that cosine = dot product."""
+    if dimensions is not None:
+        embeddings = embeddings[:, :dimensions]
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def response(embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int) -> dict[str, Any]:
+    data = []
+    for i, vector in enumerate(embeddings):
+        if request.encoding_format == "base64":
+            encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+        else:
+            encoded = vector.tolist()
+        data.append({"object": "embedding", "index": i, "embedding": encoded})
+    return {
+        "object": "list", "data": data, "model": model_name,
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }

@@ -1,0 +1,225 @@
+"""An autoscaled Ray Serve embedding endpoint, OpenAI-compatible, with Matryoshka `dimensions`.
+
+    python serve/app.py --model runs/local/best            # foreground on 127.0.0.1:8000, Ctrl-C stops
+    python serve/app.py --model runs/local/best --host 0.0.0.0 --port 9000
+    serve run serve/config.yaml                            # the same app from the YAML (Serve's CLI)
+
+    curl -s 127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
+        -d '{"input": ["a text editor"], "dimensions": 64}'
+
+Routes: POST /v1/embeddings, GET /v1/models, GET /health (503 until the model is loaded),
+GET /v1/stats (achieved batch sizes). Autoscaling and replica options live in
+serve/config.yaml, which both ways of starting read. Any sentence-transformers folder
+works as the model; nothing from sweeps/ is needed.
+"""
+
+# No `from __future__ import annotations` here: FastAPI must see real types (Request) through
+# Serve's ingress wrapper, or it takes `request` for a query parameter.
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python serve/app.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+from serve.api import APIError, ErrorKind, parse_request, response, truncate  # noqa: E402
+
+logger = logging.getLogger("serve")
+CONFIG = Path(__file__).resolve().parent / "config.yaml"
+
+
+class ServeArgs(BaseModel):
+    """The app's typed arguments (`args:` in serve/config.yaml, or the CLI flags)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: str = Field(description="sentence-transformers folder (or bundled:minilm) to serve")
+    name: str | None = Field(None, description="model name clients send; default: the folder's name")
+    query_prompt: str | None = Field(None, description="prompt for input_type=query; default: the model's own")
+    max_inputs: int = Field(256, ge=1, description="most inputs in one request")
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body")
+    max_batch_size: int = Field(32, ge=1, description="most texts encoded together across requests")
+    batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
+    api_key_env: str = Field("EMBEDDINGS_API_KEY", description="env var that, when set, holds the required API key")
+    device: str | None = Field(None, description="torch device; default: CUDA if present")
+
+
+fastapi_app = FastAPI(title="Matryoshka embeddings", version="1")
+
+
+@fastapi_app.exception_handler(APIError)
+async def _api_error(request: Request, err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.kind.status)
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 1})
+@serve.ingress(fastapi_app)
+class EmbeddingService:
+    def __init__(self, args: dict[str, Any]) -> None:
+        self.args = ServeArgs.model_validate(args)
+        self.model = None
+        self.name = self.args.name or Path(self.args.model.removeprefix("bundled:")).name
+        self.batches = 0
+        self.batched_texts = 0
+        self.encode.set_max_batch_size(self.args.max_batch_size)
+        self.encode.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
+        # Load in the background: /health answers 503 (and requests get a clear 503) meanwhile.
+        self._loader = threading.Thread(target=self._load, daemon=True)
+        self._loader.start()
+
+    def _load(self) -> None:
+        from trainers.models import load_model
+
+        model = load_model(self.args.model, device=self.args.device)
+        model.eval()
+        self.dim = int(model.get_embedding_dimension())
+        self.query_prompt = self.args.query_prompt if self.args.query_prompt is not None else model.prompts.get("query", "")
+        self.model = model
+        logger.info("loaded %s (%d dims, max %d tokens)", self.args.model, self.dim, model.max_seq_length)
+
+    def _require_ready(self) -> None:
+        if self.model is None:
+            raise APIError(ErrorKind.NOT_READY, "the model is still loading; retry shortly")
+
+    def _authorize(self, request: Request) -> None:
+        expected = os.environ.get(self.args.api_key_env)
+        if expected and request.headers.get("authorization") != f"Bearer {expected}":
+            raise APIError(ErrorKind.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+        # Deliberately blocking: while the model runs, new requests queue up and form the next
+        # batch. Awaiting an executor here would let each request run alone (batch size 1).
+        self.batches += 1
+        self.batched_texts += len(texts)
+        return list(self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True))
+
+    def _tokens(self, texts: list[str]) -> int:
+        encoded = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
+        return sum(len(ids) for ids in encoded["input_ids"])
+
+    @fastapi_app.post("/v1/embeddings")
+    async def embeddings(self, request: Request) -> JSONResponse:
+        self._authorize(request)
+        self._require_ready()
+        body = await request.body()
+        parsed = parse_request(
+            body, max_body_bytes=self.args.max_body_bytes, max_inputs=self.args.max_inputs,
+            model_dim=self.dim, served_names=(self.name,),
+        )
+        texts = parsed.texts
+        if parsed.input_type == "query" and self.query_prompt:
+            texts = [self.query_prompt + t for t in texts]
+        vectors = await asyncio.gather(*(self.encode(t) for t in texts))
+        embeddings = truncate(np.stack(vectors), parsed.dimensions)
+        return JSONResponse(response(embeddings, parsed, self.name, self._tokens(texts)))
+
+    @fastapi_app.get("/v1/models")
+    async def models(self, request: Request) -> dict[str, Any]:
+        self._authorize(request)
+        self._require_ready()
+        return {"object": "list", "data": [{
+            "id": self.name, "object": "model", "created": 0, "owned_by": "matryoshka-sweeps",
+            "dimensions": self.dim, "max_input_tokens": self.model.max_seq_length,
+        }]}
+
+    @fastapi_app.get("/health")
+    async def health(self) -> JSONResponse:
+        if self.model is None:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return JSONResponse({"status": "ok", "model": self.name})
+
+    @fastapi_app.get("/v1/stats")
+    async def stats(self) -> dict[str, Any]:
+        """Batches formed by this replica so far (the load test reads it before and after)."""
+        return {"batches": self.batches, "texts": self.batched_texts,
+                "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0}
+
+
+def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
+    """The deployment's options (autoscaling, replica resources) from serve/config.yaml."""
+    config = yaml.safe_load(path.read_text())
+    for app in config.get("applications", []):
+        for deployment in app.get("deployments", []):
+            if deployment.get("name") == "EmbeddingService":
+                return {k: v for k, v in deployment.items() if k != "name"}
+    return {}
+
+
+def build_app(args: dict[str, Any]):
+    """Serve's app builder (`import_path: serve.app:build_app` in serve/config.yaml)."""
+    checked = ServeArgs.model_validate(args)
+    return EmbeddingService.bind(checked.model_dump())
+
+
+def start(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000, options: dict[str, Any] | None = None,
+          name: str = "embeddings", route_prefix: str = "/"):
+    """Deploy on the current (or a new local) Ray; returns when the app is deployed."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(include_dashboard=False, log_to_driver=False)
+    serve.start(http_options={"host": host, "port": port})
+    deployment = EmbeddingService.options(**(deployment_options() if options is None else options))
+    return serve.run(deployment.bind(args.model_dump()), name=name, route_prefix=route_prefix)
+
+
+def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.25)
+    raise TimeoutError(f"{url}/health did not turn 200 within {timeout_s:.0f}s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="model folder, e.g. runs/local/best, or bundled:minilm")
+    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--name", help="model name clients send (default: the folder's name)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.model.startswith("bundled:") and not Path(args.model).is_dir():
+        print(f"error: --model {args.model}: no such folder", file=sys.stderr)
+        return 2
+    import ray
+
+    serve_args = ServeArgs(model=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model, name=args.name)
+    try:
+        start(serve_args, args.host, args.port)
+        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+        wait_healthy(url)
+        print(f"serving {args.model} at {url}/v1/embeddings  (Ctrl-C to stop)", flush=True)
+        while True:
+            time.sleep(1)
+    except KeyboardInterrupt:
+        print("shutting down", flush=True)
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""One real Serve instance on 127.0.0.1 for the serve tests; apps are added per fixture."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def serve_url():
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    yield f"http://127.0.0.1:{port}"
+    serve.shutdown()
+    ray.shutdown()
+
+
+def deploy(serve_url: str, args: dict, name: str, route_prefix: str, **options) -> str:
+    """Deploy EmbeddingService as app ``name`` at ``route_prefix``; return its base URL once healthy."""
+    from serve.app import ServeArgs, start, wait_healthy
+
+    port = int(serve_url.rsplit(":", 1)[1])
+    options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, **options}
+    start(ServeArgs(**args), "127.0.0.1", port, options=options, name=name, route_prefix=route_prefix)
+    url = serve_url + route_prefix.rstrip("/")
+    wait_healthy(url)
+    return url

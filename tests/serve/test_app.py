@@ -1,0 +1,216 @@
+"""The embedding service, started for real on 127.0.0.1 (Ray Serve, HTTP)."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from tests.serve.conftest import deploy, free_port
+
+REPO = Path(__file__).resolve().parents[2]
+PROMPT = "query: "
+
+
+@pytest.fixture(scope="module")
+def tiny_app(serve_url, tiny_model_path):
+    url = deploy(serve_url, {"model": str(tiny_model_path), "name": "tiny", "query_prompt": PROMPT, "max_inputs": 8,
+                             "max_body_bytes": 64 * 1024}, "tiny", "/tiny")
+    return url, SentenceTransformer(str(tiny_model_path), device="cpu")
+
+
+def post(url, payload, **kwargs):
+    return httpx.post(f"{url}/v1/embeddings", json=payload, timeout=30, **kwargs)
+
+
+def unit(x):
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_health_and_models(tiny_app):
+    url, _ = tiny_app
+    assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "tiny"}
+    models = httpx.get(f"{url}/v1/models").json()
+    assert models["data"][0]["id"] == "tiny" and models["data"][0]["dimensions"] == 384
+
+
+def test_embeddings_equal_in_process_encode_full_and_truncated(tiny_app):
+    url, model = tiny_app
+    texts = ["a terminal text editor", "Python bindings for Qt", "network time daemon"]
+    reply = post(url, {"input": texts, "model": "tiny"}).json()
+    assert reply["object"] == "list" and reply["model"] == "tiny"
+    assert [d["index"] for d in reply["data"]] == [0, 1, 2] and reply["data"][0]["object"] == "embedding"
+    assert reply["usage"]["prompt_tokens"] > len(texts) and reply["usage"]["total_tokens"] == reply["usage"]["prompt_tokens"]
+    expected = model.encode(texts, normalize_embeddings=True)
+    np.testing.assert_allclose([d["embedding"] for d in reply["data"]], expected, atol=1e-5)
+
+    truncated = post(url, {"input": texts, "dimensions": 64}).json()
+    got = np.array([d["embedding"] for d in truncated["data"]])
+    assert got.shape == (3, 64)
+    np.testing.assert_allclose(got, unit(expected[:, :64]), atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+
+
+def test_base64_encoding_and_query_prompt(tiny_app):
+    url, model = tiny_app
+    reply = post(url, {"input": "text editor", "encoding_format": "base64", "dimensions": 128}).json()
+    vector = np.frombuffer(base64.b64decode(reply["data"][0]["embedding"]), dtype="<f4")
+    np.testing.assert_allclose(vector, unit(model.encode(["text editor"])[0][:128]), atol=1e-5)
+
+    query = post(url, {"input": "text editor", "input_type": "query"}).json()["data"][0]["embedding"]
+    document = post(url, {"input": "text editor", "input_type": "document"}).json()["data"][0]["embedding"]
+    np.testing.assert_allclose(query, model.encode([PROMPT + "text editor"], normalize_embeddings=True)[0], atol=1e-5)
+    np.testing.assert_allclose(document, model.encode(["text editor"], normalize_embeddings=True)[0], atol=1e-5)
+
+
+def test_the_openai_client_works_unchanged(tiny_app):
+    from openai import OpenAI
+
+    url, model = tiny_app
+    client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
+    created = client.embeddings.create(model="tiny", input=["a text editor", "a web browser"], dimensions=64)
+    assert len(created.data) == 2 and len(created.data[0].embedding) == 64
+    np.testing.assert_allclose(created.data[1].embedding, unit(model.encode(["a web browser"])[0][:64]), atol=1e-5)
+    assert created.usage.prompt_tokens > 0
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+
+
+BAD_REQUESTS = [
+    ("empty list", {"input": []}, 400, "input"),
+    ("empty string", {"input": ""}, 400, "input"),
+    ("blank item", {"input": ["ok", "  "]}, 400, "input"),
+    ("non-string item", {"input": ["ok", 3]}, 400, "input"),
+    ("nested list", {"input": [["a"]]}, 400, "input"),
+    ("missing input", {"model": "tiny"}, 400, "input"),
+    ("too many inputs", {"input": ["x"] * 9}, 400, "input"),
+    ("dimensions zero", {"input": "x", "dimensions": 0}, 400, "dimensions"),
+    ("dimensions too big", {"input": "x", "dimensions": 385}, 400, "dimensions"),
+    ("unknown encoding_format", {"input": "x", "encoding_format": "int8"}, 400, "encoding_format"),
+    ("unknown input_type", {"input": "x", "input_type": "passage"}, 400, "input_type"),
+    ("unknown model", {"input": "x", "model": "gpt"}, 404, "model"),
+]
+
+
+def test_every_bad_input_gets_a_4xx_envelope_and_no_replica_is_lost(tiny_app):
+    url, _ = tiny_app
+    before = httpx.get(f"{url}/v1/stats").json()
+    for label, payload, status, param in BAD_REQUESTS:
+        reply = post(url, payload)
+        assert reply.status_code == status, label
+        error = reply.json()["error"]
+        assert error["param"] == param and error["message"] and error["type"], label
+    raw = [
+        ("malformed JSON", b'{"input": "x"', 400),
+        ("JSON not an object", b'["x"]', 400),
+        ("oversized body", b'{"input": "' + b"x" * (65 * 1024) + b'"}', 413),
+    ]
+    for label, body, status in raw:
+        reply = httpx.post(f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"}, timeout=30)
+        assert reply.status_code == status, label
+        assert reply.json()["error"]["message"], label
+    # A very long input is truncated to the model's max tokens, not an error.
+    assert post(url, {"input": "word " * 12000}).status_code == 200  # 60 KB, ~12k tokens
+    assert post(url, {"input": "still fine"}).status_code == 200
+    after = httpx.get(f"{url}/v1/stats").json()
+    assert after["batches"] >= before["batches"] + 2, "the replica restarted (its counters reset)"
+
+
+def test_api_key_is_required_when_configured(serve_url, tiny_model_path):
+    url = deploy(serve_url, {"model": str(tiny_model_path), "name": "locked", "api_key_env": "TEST_EMBEDDINGS_KEY"},
+                 "locked", "/locked", ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": {"TEST_EMBEDDINGS_KEY": "s3cret"}}})
+    assert post(url, {"input": "x"}).status_code == 401
+    assert post(url, {"input": "x"}, headers={"Authorization": "Bearer wrong"}).json()["error"]["type"] == "authentication_error"
+    assert post(url, {"input": "x"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
+    from ray import serve
+
+    serve.delete("locked")
+
+
+@pytest.mark.slow
+def test_bundled_minilm_is_served_exactly(serve_url):
+    from trainers.models import load_model
+
+    url = deploy(serve_url, {"model": "bundled:minilm", "name": "minilm"}, "minilm", "/minilm")
+    model = load_model("bundled:minilm")
+    texts = ["Real-time strategy game of ancient warfare", "GNU C compiler", "x" * 5000]
+    expected = model.encode(texts, normalize_embeddings=True)
+    for dims in (None, 256, 64):
+        reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts}).json()
+        got = np.array([d["embedding"] for d in reply["data"]])
+        np.testing.assert_allclose(got, unit(expected[:, : dims or 384]), atol=1e-5)
+    from ray import serve
+
+    serve.delete("minilm")
+
+
+def _replicas(app: str) -> int:
+    from ray import serve
+
+    status = serve.status().applications[app].deployments["EmbeddingService"]
+    return status.replica_states.get("RUNNING", 0)
+
+
+@pytest.mark.slow
+def test_autoscaling_goes_up_under_load_and_back_down(serve_url, tiny_model_path):
+    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
+                   "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 2}
+    url = deploy(serve_url, {"model": str(tiny_model_path), "name": "scaled"}, "scaled", "/scaled",
+                 num_replicas="auto", autoscaling_config=autoscaling, ray_actor_options={"num_cpus": 0.25})
+    assert _replicas("scaled") == 1
+    counts = [(0.0, 1)]
+    started = time.monotonic()
+    stop = False
+
+    def client():
+        with httpx.Client(timeout=30) as session:
+            sent = 0
+            while not stop and sent < 3000:  # bounded
+                session.post(f"{url}/v1/embeddings", json={"input": ["load " * 50] * 4})
+                sent += 1
+
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(client) for _ in range(8)]
+        while time.monotonic() - started < 60 and counts[-1][1] < 2:
+            time.sleep(0.5)
+            counts.append((time.monotonic() - started, _replicas("scaled")))
+        stop = True
+        for f in futures:
+            f.result()
+    assert counts[-1][1] >= 2, f"never scaled up: {counts}"
+    while time.monotonic() - started < 150 and counts[-1][1] > 1:
+        time.sleep(1)
+        counts.append((time.monotonic() - started, _replicas("scaled")))
+    print("replicas over time (s, running):", [(round(t, 1), n) for t, n in counts])
+    assert counts[-1][1] == 1, f"never scaled back down: {counts}"
+    from ray import serve
+
+    serve.delete("scaled")
+
+
+def test_loadtest_smoke(tiny_model_path):
+    port = free_port()
+    done = subprocess.run(
+        [sys.executable, "serve/loadtest.py", "--model", str(tiny_model_path), "--start", "--url",
+         f"http://127.0.0.1:{port}", "--clients", "1,4", "--requests", "24", "--time-limit", "30"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
+    assert lines[0].startswith("| clients | requests | req/s | p50 ms")
+    assert len(lines) == 4  # header, rule, 2 levels
+
+
+def test_loadtest_refuses_other_hosts():
+    from serve import loadtest
+
+    with pytest.raises(SystemExit, match="only targets this machine"):
+        loadtest.check_loopback("http://10.0.0.1:8000")
