@@ -15,6 +15,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def serve_url():
+    import serve.app  # noqa: F401  (first: it picks Serve's ingress before Ray starts)
     import ray
     from ray import serve
 

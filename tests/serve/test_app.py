@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import base64
+import os
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -198,10 +200,16 @@ def test_autoscaling_goes_up_under_load_and_back_down(serve_url, tiny_model_path
 
 def test_loadtest_smoke(tiny_model_path):
     port = free_port()
+    # Its own Serve next to this session's: HAProxy's files and side ports must not collide
+    # (and a unix socket path must stay under 108 bytes, so no deep pytest tmp_path).
+    short = tempfile.mkdtemp(prefix="hx", dir="/tmp")
+    env = {**os.environ, "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short}/haproxy.cfg",
+           "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short}/admin.sock",
+           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
     done = subprocess.run(
         [sys.executable, "serve/loadtest.py", "--model", str(tiny_model_path), "--start", "--url",
          f"http://127.0.0.1:{port}", "--clients", "1,4", "--requests", "24", "--time-limit", "30"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
