@@ -12,14 +12,17 @@ import os
 import tempfile
 from typing import Any
 
-# Test hook: "key=value[:epoch]" makes the trials whose sampled `key` equals `value` raise
-# (after that epoch, if given), the way an out-of-memory or NaN trial would. Used by the
-# failure-isolation test, e.g. learning_rate=0.001:1.
+# Test hook: "key=value[:epoch]" in the driver's environment makes the trials whose sampled
+# `key` equals `value` raise (after that epoch, if given), the way an out-of-memory or NaN
+# trial would. Used by the failure-isolation test, e.g. learning_rate=0.001:1. The driver
+# passes it to the trials (workers of an already running Ray would not see the variable).
 FAULT_ENV = "MATRYOSHKA_SWEEP_INJECT_FAULT"
 OBJECTIVE = "objective"
 
 
-def run_trial(sampled: dict[str, Any], *, sweep: dict[str, Any], baseline: dict[str, float]) -> None:
+def run_trial(
+    sampled: dict[str, Any], *, sweep: dict[str, Any], baseline: dict[str, float], fault: str | None = None
+) -> None:
     from ray import tune
 
     from sweeps.config import from_dict
@@ -31,7 +34,7 @@ def run_trial(sampled: dict[str, Any], *, sweep: dict[str, Any], baseline: dict[
     config = from_dict(sweep)
     context = tune.get_context()
     trial_config = config.trial_config(sampled, output_dir=os.path.join(context.get_trial_dir(), "model"))
-    fault_epoch = _injected_fault(sampled)
+    fault_epoch = _injected_fault(fault, sampled)
 
     def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         report = {**metrics, OBJECTIVE: metrics[config.objective], "epoch": epoch}
@@ -50,8 +53,7 @@ def run_trial(sampled: dict[str, Any], *, sweep: dict[str, Any], baseline: dict[
     train(trial_config, on_epoch, resume_from=resume_from, baseline=baseline)
 
 
-def _injected_fault(sampled: dict[str, Any]) -> int | None:
-    spec = os.environ.get(FAULT_ENV)
+def _injected_fault(spec: str | None, sampled: dict[str, Any]) -> int | None:
     if not spec:
         return None
     condition, _, epoch = spec.partition(":")

@@ -16,7 +16,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 
 from sweeps.config import SweepConfig
 from sweeps.report import Summary, export, wandb_online
-from sweeps.trainable import OBJECTIVE, run_trial
+from sweeps.trainable import FAULT_ENV, OBJECTIVE, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +104,9 @@ def wandb_callback(config: SweepConfig, out: Path) -> WandbLoggerCallback | None
 def build_trainable(config: SweepConfig, baseline: dict[str, float]):
     from ray import tune
 
-    trainable = tune.with_parameters(run_trial, sweep=config.to_dict(), baseline=baseline)
+    trainable = tune.with_parameters(
+        run_trial, sweep=config.to_dict(), baseline=baseline, fault=os.environ.get(FAULT_ENV) or None
+    )
     return tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
 
 

@@ -13,7 +13,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def serve_url():
     import serve.app  # noqa: F401  (first: it picks Serve's ingress before Ray starts)
     import ray

@@ -26,6 +26,9 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
     """One smoke sweep (3 trials, tiny model) whose first-point trial fails after its first epoch."""
+    import ray
+
+    ray.shutdown()  # a sweep of its own: no Ray left over from other tests
     storage = tmp_path_factory.mktemp("runs")
     os.environ[FAULT_ENV] = "learning_rate=0.001:1"  # the smoke sweep's first point
     try:
@@ -33,8 +36,6 @@ def smoke_sweep(tmp_path_factory):
     finally:
         os.environ.pop(FAULT_ENV)
     yield code, storage / "smoke"
-    import ray
-
     ray.shutdown()  # the sweep started a local Ray in this process: free its CPUs
 
 
