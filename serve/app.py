@@ -178,7 +178,7 @@ def start(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000, options: d
     import ray
 
     if not ray.is_initialized():
-        ray.init(include_dashboard=False, log_to_driver=False)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     deployment = EmbeddingService.options(**(deployment_options() if options is None else options))
     return serve.run(deployment.bind(args.model_dump()), name=name, route_prefix=route_prefix)

@@ -48,7 +48,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser.add_argument("--resume", action="store_true", help="continue the sweep <name> where it stopped")
     parser.add_argument("--smoke-test", action="store_true", help="tiny random model, tiny data, 3 trials")
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: $RAY_ADDRESS, else the cluster on this machine, e.g. a `ray up` head node, else a private local Ray; `local` forces the private one)")
     return parser.parse_known_args(argv)
 
 

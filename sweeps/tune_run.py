@@ -35,17 +35,38 @@ def local_dir(config: SweepConfig) -> Path:
     return Path(sweep_dir(config))
 
 
+def running_cluster_address() -> str | None:
+    """The address of a Ray cluster started on this machine with `ray start` (a head node), if alive."""
+    # The same lookup ray.init(address=None) makes (Ray's private helpers; no public API exists),
+    # kept separate so that a stale ray_current_cluster file of a killed cluster is ignored.
+    from ray._private import services
+
+    address = services.find_bootstrap_address(None)
+    if address and address in services.find_gcs_addresses():
+        return address
+    return None
+
+
 def init_ray(address: str | None) -> None:
+    """Join the Ray cluster at ``address``; else the one on this machine; else start a private one.
+
+    ``address="local"`` always starts a private Ray, even on a cluster's head node.
+    """
     import ray
 
     if ray.is_initialized():
         return
-    if address:
+    if address is None:
+        address = running_cluster_address()
+        if address:
+            logger.info("joining the Ray cluster started on this machine at %s "
+                        "(--address local for a private one)", address)
+    if address and address != "local":
         logger.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address)
     else:
         # A local Ray for this process alone; it stops when the sweep ends.
-        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
 
 
 def baseline_metrics(config: SweepConfig, out: Path) -> dict[str, float]:
