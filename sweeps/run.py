@@ -52,16 +52,11 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return parser.parse_known_args(argv)
 
 
-def smoke_overrides(run_dir: Path) -> dict:
+def smoke_overrides() -> dict:
     """A sweep of the same shape in about two minutes: the tiny model on a sliver of data."""
-    from trainers.tiny import build_tiny_model
-
-    model = run_dir / "tiny-model"
-    if not model.exists():
-        build_tiny_model(run_dir / ".tiny-build").rename(model)
     return {
         "train": {
-            "model": str(model), "data": "debian", "matryoshka_dims": [384, 128, 64],
+            "model": "bundled:tiny", "data": "debian", "matryoshka_dims": [384, 128, 64],
             "max_pairs": 48, "eval_size": 60, "max_seq_length": 32, "eval_batch_size": 64,
         },
         "search": {
@@ -90,7 +85,7 @@ def load_config(args: argparse.Namespace, extra: list[str]) -> SweepConfig:
     config = sweep_config.load(args.config, overrides)
     if args.smoke_test:
         name = args.name or time.strftime("smoke-%Y%m%d-%H%M%S")
-        smoke = smoke_overrides(Path(config.storage_path).resolve() / name)
+        smoke = smoke_overrides()
         values = {**config.to_dict(), **smoke, "name": name}
         if args.num_samples is not None:
             values["num_samples"] = args.num_samples

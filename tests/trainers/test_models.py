@@ -44,3 +44,22 @@ def test_dims_above_the_model_fail_before_any_data_is_read(tiny_model_path, tmp_
     )
     with pytest.raises(ModelError, match=r"\[512\] exceed the dimension .* \(384\)"):
         train(config)
+
+
+def test_bundled_tiny_is_built_once_per_machine_and_identically_everywhere(monkeypatch, tmp_path):
+    # Every node of a cluster builds its own copy for a smoke sweep: the copies must agree.
+    from safetensors.torch import load_file
+
+    copies = []
+    for machine in ("a", "b"):
+        monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path / machine))
+        target, is_local = models.resolve("bundled:tiny")
+        assert is_local and target.startswith(str(tmp_path / machine))
+        stamp = os.stat(os.path.join(target, "modules.json")).st_mtime_ns
+        assert models.resolve("bundled:tiny")[0] == target  # built once, then reused
+        assert os.stat(os.path.join(target, "modules.json")).st_mtime_ns == stamp
+        copies.append(load_file(os.path.join(target, "model.safetensors")))
+        assert models.declared_dim("bundled:tiny") == 384
+    assert copies[0].keys() == copies[1].keys()
+    assert all((copies[0][k] == copies[1][k]).all() for k in copies[0])
+    assert not list((tmp_path / "a").glob(".tiny-build-*"))  # no half-built leftovers
