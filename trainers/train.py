@@ -51,6 +51,11 @@ class TrainResult:
     eval_corpus: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    # Wall-clock (time.time()) of the first training step, and the seconds spent in training
+    # epochs (data loading and steps, not evaluation or saving): what a benchmark of sweep
+    # start-up or of throughput needs, measured where the steps happen.
+    first_step_unix: float | None = None
+    train_seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,7 +129,9 @@ class EpochReporter(TrainerCallback):
     """Collects every epoch's metrics into the result and hands them to ``on_epoch``.
 
     With per-epoch saving the report waits for on_save, so the checkpoint it names exists
-    (the Trainer evaluates, then saves). It also stops a run whose loss is no longer finite.
+    (the Trainer evaluates, then saves). It also stops a run whose loss is no longer finite,
+    and times the training itself: ``first_step_unix`` and ``train_seconds`` go into the result
+    and into every report (the Trainer evaluates after on_epoch_end, so epochs exclude it).
     """
 
     def __init__(self, result: TrainResult, on_epoch: OnEpoch | None, checkpoints: Path,
@@ -132,6 +139,20 @@ class EpochReporter(TrainerCallback):
         self.result, self.on_epoch, self.checkpoints = result, on_epoch, checkpoints
         self.save_each_epoch, self.learning_rate = save_each_epoch, learning_rate
         self.pending: dict[str, float] | None = None
+        self._epoch_began = self._last_step_end = 0.0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self._epoch_began = self._last_step_end = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.result.first_step_unix is None:
+            self.result.first_step_unix = time.time()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._last_step_end = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.result.train_seconds += self._last_step_end - self._epoch_began
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -154,7 +175,8 @@ class EpochReporter(TrainerCallback):
 
     def _report(self, checkpoint: str | None) -> None:
         if self.on_epoch is not None and self.pending is not None:
-            self.on_epoch(self.result.epochs[-1]["epoch"], self.pending, checkpoint)
+            timing = {"first_step_unix": self.result.first_step_unix, "train_seconds": self.result.train_seconds}
+            self.on_epoch(self.result.epochs[-1]["epoch"], {**self.pending, **timing}, checkpoint)
         self.pending = None
 
 
@@ -198,8 +220,8 @@ def train(
     """Fine-tune ``config.model`` with MatryoshkaLoss(MNRL) and save it to ``config.output_dir``.
 
     ``on_epoch(epoch, metrics, checkpoint_dir)`` is called after every epoch's evaluation with
-    the flat per-dim metrics (``dim_64_cosine_map@100``...) and that epoch's checkpoint, so a
-    sweep can report both. ``resume_from`` continues from such a checkpoint; ``baseline``
+    the flat per-dim metrics (``dim_64_cosine_map@100``...), the run's ``first_step_unix`` and
+    ``train_seconds`` so far, and that epoch's checkpoint, so a sweep can report them. ``resume_from`` continues from such a checkpoint; ``baseline``
     skips the baseline evaluation when the caller already has it.
     """
     from datasets import Dataset

@@ -27,6 +27,9 @@ def test_tiny_training_run_reports_every_dim_every_epoch(tiny_model_path, debian
         for dim in DIMS:
             assert 0 <= metrics[f"dim_{dim}_cosine_map@100"] <= 1
         assert "mean_cosine_map@100" in metrics
+        assert metrics["first_step_unix"] == result.first_step_unix
+    assert seen[0][1]["train_seconds"] < seen[1][1]["train_seconds"] == result.train_seconds
+    assert 0 < result.train_seconds < result.seconds
     assert result.train_pairs == 64 and result.eval_corpus >= 120
     assert result.best_epoch in (1, 2)
     assert result.final == result.epochs[result.best_epoch - 1]
