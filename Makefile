@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup run train test clean
+.PHONY: setup test-deps run train test clean
 
 setup: $(STAMP)
 
@@ -39,7 +39,21 @@ run: setup
 train: setup
 	$(PY) -m trainers.train $(ARGS)
 
-test: setup
+# The cluster tests run a real `ray up` over ssh to 127.0.0.1: they need sshd, rsync and nc.
+CLUSTER_TOOLS := /usr/sbin/sshd rsync nc
+test-deps:
+	@missing=0; for tool in $(CLUSTER_TOOLS); do command -v $$tool >/dev/null || missing=1; done; \
+	if [ $$missing = 1 ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo "test-deps: installing openssh-server rsync netcat-openbsd (apt)"; \
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server rsync netcat-openbsd >/dev/null \
+			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends openssh-server rsync netcat-openbsd >/dev/null; }; \
+		else \
+			echo "test-deps: run  sudo apt-get install openssh-server rsync netcat-openbsd  (the cluster tests need them)"; exit 1; \
+		fi; \
+	fi
+
+test: setup test-deps
 	$(PY) -m pytest tests $(ARGS)
 
 clean:

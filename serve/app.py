@@ -53,7 +53,7 @@ class ServeArgs(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    model: str = Field(description="sentence-transformers folder (or bundled:minilm) to serve")
+    model: str = Field(description="sentence-transformers folder, its URI (s3://.../best), or bundled:minilm")
     name: str | None = Field(None, description="model name clients send; default: the folder's name")
     query_prompt: str | None = Field(None, description="prompt for input_type=query; default: the model's own")
     max_inputs: int = Field(256, ge=1, description="most inputs in one request")
@@ -200,13 +200,13 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder, e.g. runs/local/best, or bundled:minilm")
+    parser.add_argument("--model", required=True, help="model folder, e.g. runs/local/best, its URI (s3://.../best), or bundled:minilm")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--name", help="model name clients send (default: the folder's name)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.model.startswith("bundled:") and not Path(args.model).is_dir():
+    if not args.model.startswith("bundled:") and "://" not in args.model and not Path(args.model).is_dir():
         print(f"error: --model {args.model}: no such folder", file=sys.stderr)
         return 2
     import ray

@@ -109,12 +109,22 @@ def check_model_dims(config: SweepConfig) -> None:
         )
 
 
+def check_storage(config: SweepConfig) -> None:
+    """The cluster configs ship a placeholder bucket: fail before Ray, naming the fix."""
+    if "YOUR-BUCKET" in config.storage_path:
+        raise ConfigError(
+            f"storage_path={config.storage_path!r} is the placeholder of the shipped config: pass "
+            "--storage_path s3://<your bucket>/matryoshka-sweeps (shared storage every node can write)"
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = load_config(args, extra)
         check_model_dims(config)
+        check_storage(config)
         from trainers.data import load_split
 
         # Fails fast on bad data (and builds the Debian cache once, not in every trial).

@@ -7,6 +7,7 @@ tune.Checkpoint, tune.get_checkpoint): ``ray.train.report`` inside Tune is an er
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -193,4 +194,20 @@ def run_sweep(config: SweepConfig, resume: bool = False, address: str | None = N
         (out / "sweep.json").parent.mkdir(parents=True, exist_ok=True)
         (out / "sweep.json").write_text(json.dumps(config.to_dict(), indent=2))
     results = tuner.fit()
-    return export(config, results, baseline, out)
+    summary = export(config, results, baseline, out)
+    if "://" in str(path) and summary.best_dir is not None:
+        upload_export(out, str(path))
+        summary = dataclasses.replace(summary, text=f"{summary.text}\nin storage: {path}/best (and the report)")
+    return summary
+
+
+def upload_export(out: Path, uri: str) -> None:
+    """Put the best model and the report next to the trials in shared storage, for every node."""
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    local = pyarrow.fs.LocalFileSystem()
+    for item in ("best", "report.md", "results.csv", "map_vs_dim.png", "importance.png"):
+        if (out / item).exists():
+            pyarrow.fs.copy_files(str(out / item), f"{root}/{item}", source_filesystem=local, destination_filesystem=fs)
+    logger.info("best model and report uploaded to %s (serve it: --model %s/best)", uri, uri)

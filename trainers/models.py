@@ -7,6 +7,8 @@ Three forms, and only the last may touch the network:
   ``bundled:tiny``: the tiny random model of trainers/tiny.py (smoke tests), built once per
   machine from a fixed seed, so every node of a cluster builds the same weights.
 - a local folder holding a sentence-transformers (or plain transformers) model.
+- a folder at a URI (``s3://bucket/sweeps/name/best``, ``gs://...``, ``file:///...``), e.g. a
+  sweep's exported best model in its shared storage: copied to the local cache, then loaded.
 - a hub id such as ``BAAI/bge-base-en-v1.5``.
 """
 
@@ -92,6 +94,36 @@ def tiny_path() -> Path:
     return model
 
 
+def fetch_uri(uri: str) -> Path:
+    """Copy the model folder at ``uri`` to the local cache (afresh: the URI may hold a newer export)."""
+    import shutil
+    import tempfile
+
+    import pyarrow.fs
+
+    from trainers.debian import cache_dir
+
+    try:
+        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
+        info = fs.get_file_info(path)
+    except (pyarrow.ArrowInvalid, OSError) as err:
+        raise ModelError(f"model={uri!r}: {err}") from None
+    if info.type != pyarrow.fs.FileType.Directory:
+        raise ModelError(f"model={uri!r}: no such folder (a sweep exports its best model to <storage_path>/<name>/best)")
+    local = cache_dir() / "uri-models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    local.parent.mkdir(parents=True, exist_ok=True)
+    download = Path(tempfile.mkdtemp(prefix=".download-", dir=local.parent))
+    try:
+        logger.info("copying %s to %s", uri, local)
+        pyarrow.fs.copy_files(path, str(download / "model"), source_filesystem=fs,
+                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        shutil.rmtree(local, ignore_errors=True)
+        (download / "model").rename(local)
+    finally:
+        shutil.rmtree(download, ignore_errors=True)
+    return local
+
+
 @functools.cache
 def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
     digest = hashlib.sha256()
@@ -125,6 +157,8 @@ def hub_offline() -> Iterator[None]:
 
 def resolve(spec: str) -> tuple[str, bool]:
     """Map a model spec to (path or hub id, is_local)."""
+    if "://" in spec:
+        return str(fetch_uri(spec)), True
     if spec.startswith(BUNDLED_PREFIX):
         return str(bundled_path(spec[len(BUNDLED_PREFIX):])), True
     path = Path(spec).expanduser()
