@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +64,20 @@ def test_bundled_tiny_is_built_once_per_machine_and_identically_everywhere(monke
     assert copies[0].keys() == copies[1].keys()
     assert all((copies[0][k] == copies[1][k]).all() for k in copies[0])
     assert not list((tmp_path / "a").glob(".tiny-build-*"))  # no half-built leftovers
+
+
+def test_a_model_at_a_uri_is_fetched_afresh_and_a_missing_one_named(monkeypatch, tmp_path, tiny_model_path):
+    import shutil
+
+    monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path / "cache"))
+    bucket = tmp_path / "bucket" / "sweep" / "best"
+    shutil.copytree(tiny_model_path, bucket)
+    uri = f"file://{bucket}"
+    model = models.load_model(uri)
+    assert model.encode(["a terminal text editor"]).shape == (1, 384)
+    # A newer export at the same URI replaces the cached copy.
+    (bucket / "marker.txt").write_text("new export")
+    target, is_local = models.resolve(uri)
+    assert is_local and (Path(target) / "marker.txt").read_text() == "new export"
+    with pytest.raises(ModelError, match="no such folder"):
+        models.resolve(f"file://{tmp_path}/bucket/sweep/nothing")
