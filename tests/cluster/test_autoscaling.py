@@ -1,0 +1,220 @@
+"""The sweep on an autoscaling cluster: Ray's fake multi-node provider (autoscaler v1), for real.
+
+`RAY_FAKE_CLUSTER=1 ray start --head --autoscaling-config=...` starts a real head, monitor
+and autoscaler; the fake provider "launches" a worker node by starting a real raylet on this
+machine. The node types mirror cluster.yaml (a head that runs no trials, workers from 0 up),
+scaled to 2 cores. The sweep (smoke mode, joined with --address like on a cluster head) asks for
+more trials than the head can run (none), so workers come up; one worker node is killed while
+its trial runs (a reclaimed spot instance), the trial is retried; then the workers idle and go.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.cluster import twin
+
+pytestmark = pytest.mark.slow
+
+REPO = twin.REPO
+IDLE_TIMEOUT_MIN = 0.2  # 12 s: workers go soon after the sweep
+WORKER_MAX = 2
+
+
+def fake_cluster_config(name: str, gcs_address: str) -> dict:
+    """Ray's fake_multinode example config with cluster.yaml's node layout."""
+    cluster = yaml.safe_load((REPO / "cluster.yaml").read_text())
+    head = cluster["available_node_types"][cluster["head_node_type"]]
+    return {
+        "cluster_name": name,
+        "max_workers": WORKER_MAX,
+        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "gcs_address": gcs_address,
+                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "available_node_types": {
+            # The head's resources must match what `ray start --head` gives it: cluster.yaml's CPU: 0.
+            "ray.head.default": {"resources": dict(head["resources"]), "node_config": {}, "max_workers": 0},
+            "gpu_worker": {"resources": {"CPU": 1, "object_store_memory": 150 * 2**20}, "node_config": {},
+                           "min_workers": 0, "max_workers": WORKER_MAX},
+        },
+        "head_node_type": "ray.head.default",
+        "upscaling_speed": 1.0,
+        "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
+        # Not used by the fake provider, but the autoscaler reads them.
+        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
+        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
+        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+    }
+
+
+def trial_pids_by_node() -> dict[int, int]:
+    """{pid of a running trial's process: pid of the raylet of its node} for fake worker nodes."""
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stat = (proc / "stat").read_text()
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            parents[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    found = {}
+    for pid, (ppid, cmdline) in parents.items():
+        if cmdline.startswith("ray::") and ("ImplicitFunc" in cmdline or "run_trial" in cmdline):
+            parent_cmd = parents.get(ppid, (0, ""))[1]
+            if "raylet" in parent_cmd:
+                found[pid] = ppid
+    return found
+
+
+def kill_tree(root: int) -> None:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+    stack, victims = [root], []
+    while stack:
+        pid = stack.pop()
+        victims.append(pid)
+        stack.extend(children.get(pid, []))
+    for pid in victims:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+@pytest.fixture(scope="module")
+def fake_cluster(debian_pairs):
+    from trainers.debian import cache_dir
+
+    root = Path(tempfile.mkdtemp(prefix="fc-", dir="/tmp"))
+    home = root / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home), "MATRYOSHKA_CACHE": str(cache_dir()),
+           "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "0",
+           "RAY_AUTH_MODE": "token"}
+    for key in ("RAY_ADDRESS", "VIRTUAL_ENV"):
+        env.pop(key, None)
+    port = twin.free_port()
+    address = f"127.0.0.1:{port}"
+    config = root / "fake.yaml"
+    config.write_text(yaml.safe_dump(fake_cluster_config(f"fake-{root.name[3:].lower()}", address)))
+    assert twin.ray_cli("get-auth-token", "--generate", env=env, timeout=60).returncode == 0
+    started = twin.ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
+                           f"--object-store-memory={200 * 2**20}", "--include-dashboard=false",
+                           f"--autoscaling-config={config}", env=env, timeout=120)
+    assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+    watch_out = root / "nodes.txt"
+    watch = subprocess.Popen([sys.executable, str(Path(__file__).with_name("node_watch.py")), address, str(watch_out)],
+                             env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
+    state = {"root": root, "home": home, "env": env, "address": address, "watch_out": watch_out, "watch": watch}
+    try:
+        yield state
+    finally:
+        if watch.poll() is None:
+            os.killpg(watch.pid, signal.SIGKILL)
+        if "stopped" not in state:
+            twin.ray_cli("stop", env=env, timeout=120)
+        twin.kill_processes_of(str(home))
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def node_counts(path: Path) -> list[tuple[float, int, int]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 3:
+            rows.append((float(parts[0]), int(parts[1]), int(parts[2])))
+    return rows
+
+
+def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cluster):
+    env, root, address = fake_cluster["env"], fake_cluster["root"], fake_cluster["address"]
+    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "fake-smoke", "--no-wandb",
+               "--address", address, "--storage_path", str(root / "sweeps"),
+               "--num-samples", "3", "--max_failures", "1"]
+    log = (root / "sweep.log").open("w")
+    started = time.monotonic()
+    sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    killed = None
+    try:
+        # Kill the node of the first trial that has finished an epoch (its checkpoint is in storage).
+        deadline = time.monotonic() + 600
+        while sweep.poll() is None and time.monotonic() < deadline:
+            if killed is None and list((root / "sweeps" / "fake-smoke").glob("trial_*/checkpoint_000000")):
+                running = trial_pids_by_node()
+                if running:
+                    trial, raylet = next(iter(running.items()))
+                    kill_tree(raylet)
+                    killed = (round(time.monotonic() - started, 1), trial, raylet)
+            time.sleep(0.5)
+        assert sweep.poll() is not None, "the sweep did not finish in 10 minutes"
+    finally:
+        if sweep.poll() is None:
+            os.killpg(sweep.pid, signal.SIGKILL)
+        log.close()
+    output = (root / "sweep.log").read_text()
+    assert sweep.returncode == 0, output[-5000:]
+    sweep_seconds = time.monotonic() - started
+    assert killed is not None, "no trial was ever seen running on a worker node"
+
+    # Every trial ended (completed, stopped by ASHA, or failed after its retry): none is lost.
+    out = root / "sweeps" / "fake-smoke"
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 3, rows
+    assert (out / "best" / "model.safetensors").is_file()
+    # The killed node's trial hit an error (Tune keeps it in the trial folder) and was then
+    # retried from its checkpoint (max_failures: 1) or recorded as failed: never left hanging.
+    errors = {p.parent.name: p.read_text() for p in out.glob("trial_*/error.txt")}
+    assert errors, "no trial saw the node die"
+    assert all(r["status"] for r in rows)
+    outcome = {r["trial"]: r["status"] for r in rows}
+    retried = {name: outcome.get(name.removeprefix("trial_"), "?") for name in errors}
+
+    # Scale down: the workers idle out (idle_timeout_minutes) after the sweep.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        counts = node_counts(fake_cluster["watch_out"])
+        if counts and counts[-1][1] == 1 and time.monotonic() - started > sweep_seconds + 5:
+            break
+        time.sleep(2)
+    counts = node_counts(fake_cluster["watch_out"])
+    most = max(c[1] for c in counts)
+    timeline = [counts[0]] + [c for i, c in enumerate(counts[1:], 1) if c[1] != counts[i - 1][1]]
+    summary = {"killed_at_s": killed[0], "sweep_s": round(sweep_seconds, 1), "max_nodes": most,
+               "node_count_changes": [(t, n) for t, n, _ in timeline], "trials_with_node_error": retried,
+               "error": next(iter(errors.values())).strip().splitlines()[-1][:200]}
+    print("\nautoscaling:", json.dumps(summary))
+    (root / "summary.json").write_text(json.dumps(summary))
+    assert most >= 3, f"expected the head and 2 workers at the peak, saw {timeline}"
+    assert counts[-1][1] == 1, f"workers did not scale down: {timeline}"
+
+    os.killpg(fake_cluster["watch"].pid, signal.SIGKILL)  # our own watcher, not Ray's
+    fake_cluster["watch"].wait()
+    stopped = twin.ray_cli("stop", env=env, timeout=120)
+    fake_cluster["stopped"] = True
+    assert stopped.returncode == 0
+    deadline = time.monotonic() + 30
+    while (left := twin.processes_of(str(fake_cluster["home"]))) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, "Ray processes left after ray stop:\n" + "\n".join(left)
