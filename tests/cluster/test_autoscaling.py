@@ -136,14 +136,15 @@ def fake_cluster(debian_pairs):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def node_counts(path: Path) -> list[tuple[float, int, int]]:
+def node_counts(path: Path, since: float) -> list[tuple[float, int, int]]:
+    """(seconds after ``since`` (unix time), alive nodes, alive workers) from node_watch.py's file."""
     if not path.exists():
         return []
     rows = []
     for line in path.read_text().splitlines():
         parts = line.split()
         if len(parts) == 3:
-            rows.append((float(parts[0]), int(parts[1]), int(parts[2])))
+            rows.append((round(float(parts[0]) - since, 1), int(parts[1]), int(parts[2])))
     return rows
 
 
@@ -153,7 +154,7 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
                "--address", address, "--storage_path", str(root / "sweeps"),
                "--num-samples", "3", "--max_failures", "1"]
     log = (root / "sweep.log").open("w")
-    started = time.monotonic()
+    started, started_unix = time.monotonic(), time.time()
     sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed = None
     try:
@@ -194,11 +195,11 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
     # Scale down: the workers idle out (idle_timeout_minutes) after the sweep.
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
-        counts = node_counts(fake_cluster["watch_out"])
+        counts = node_counts(fake_cluster["watch_out"], started_unix)
         if counts and counts[-1][1] == 1 and time.monotonic() - started > sweep_seconds + 5:
             break
         time.sleep(2)
-    counts = node_counts(fake_cluster["watch_out"])
+    counts = node_counts(fake_cluster["watch_out"], started_unix)
     most = max(c[1] for c in counts)
     timeline = [counts[0]] + [c for i, c in enumerate(counts[1:], 1) if c[1] != counts[i - 1][1]]
     summary = {"killed_at_s": killed[0], "sweep_s": round(sweep_seconds, 1), "max_nodes": most,
