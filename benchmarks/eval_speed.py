@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, write_results  # noqa: E402
+from _common import add_common_args, results_dir, write_results  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,8 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
     parser.add_argument("--corpus", type=int, default=5000, help="held-out pairs whose passages form the corpus")
     parser.add_argument("--max-seq-length", type=int, default=128)
-    parser.add_argument("--smoke", action="store_true", help="tiny random model and data: seconds")
-    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results (a temp dir with --smoke)")
+    add_common_args(parser)
     args = parser.parse_args(argv)
 
     from sentence_transformers import SentenceTransformer
@@ -84,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         + "".join(f"| {name} | {seconds:.1f} |\n" for name, seconds in timings.items())
         + f"\n**speed-up: {ratio:.2f}x**; largest difference over {len(shared)} metrics: {max_diff:.2e}\n"
     )
-    results_dir = args.results_dir or (tmp.name if args.smoke else REPO / "benchmarks" / "results")
-    write_results(results_dir, "eval_speed", "Evaluation speed: encode once vs per-dim re-encode", body)
+    write_results(results_dir(args, tmp.name), "eval_speed", "Evaluation speed: encode once vs per-dim re-encode", body)
     return 0 if max_diff <= 1e-6 else 1
 
 

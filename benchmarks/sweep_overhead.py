@@ -1,0 +1,194 @@
+"""Sweep overhead: one training run inside a Ray Tune trial vs the same run called directly.
+
+    python benchmarks/sweep_overhead.py              # bundled MiniLM, 400 pairs, 1 epoch (~15 min on 2 CPUs)
+    python benchmarks/sweep_overhead.py --repeats 1  # one run of each instead of two (ABBA order)
+    python benchmarks/sweep_overhead.py --smoke      # tiny random model, about a minute (CI runs this)
+
+1. The ratio. The default sweep's training setup (sweeps/configs/local.yaml: bundled MiniLM,
+   Debian pairs, 300 queries against 1,000 passages after the epoch) with a small budget runs
+   (a) directly, ``trainers.train.train(config)``, and (b) as a one-trial sweep through
+   ``sweeps.tune_run.run_sweep``: Ray Tune with OptunaSearch, ASHA, W&B (offline), checkpoints,
+   the real trainable, then the export of the best model, report and plots. Same config, same
+   cores (the trial gets all of them), the same precomputed baseline, one private Ray started
+   before either is timed; runs alternate A B B A so drift cancels. The trainer times its own
+   training epochs inside both, which separates "training ran slower" from "work around it".
+2. Start-up. ``python sweeps/run.py --num-samples 1 --address local`` (the default sweep, a
+   small --max_pairs so it ends soon) is launched as a subprocess; the trainer records the
+   wall-clock time of the first training step, which Tune stores with every report. Also
+   shown: when the sweep's baseline evaluation was written, and when the trial started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, add_common_args, markdown_table, results_dir, write_results  # noqa: E402
+
+LEARNING_RATE = 2e-5
+
+
+def overhead_config(args, storage: Path):
+    """The default sweep's training setup as a one-trial sweep (a single-valued search)."""
+    from sweeps import config as sweep_config
+    from sweeps.run import DEFAULT_CONFIG
+
+    base = sweep_config.load(DEFAULT_CONFIG)
+    train = {**base.train, "max_pairs": args.pairs, "epochs": 1, "batch_size": 32}
+    if args.smoke:
+        train.update(model="bundled:tiny", max_pairs=32, max_seq_length=32, eval_size=60, eval_max_queries=30)
+    return sweep_config.from_dict({
+        **base.to_dict(), "name": "overhead", "storage_path": str(storage), "train": train,
+        "search": {"learning_rate": {"choice": [LEARNING_RATE]}}, "seed_recipe": False, "points_to_evaluate": [],
+        "num_samples": 1, "max_concurrent_trials": 1, "cpus_per_trial": float(os.cpu_count() or 1),
+        "wandb": not args.no_wandb,
+    })
+
+
+def run_direct(config, baseline: dict, out: Path) -> dict:
+    from trainers.train import train
+
+    started = time.perf_counter()
+    result = train(config.trial_config({"learning_rate": LEARNING_RATE}, output_dir=str(out)), baseline=baseline)
+    return {"wall": time.perf_counter() - started, "train": result.train_seconds}
+
+
+def run_tuned(config, baseline: dict, name: str) -> dict:
+    from sweeps.config import from_dict
+    from sweeps.tune_run import local_dir, run_sweep
+
+    config = from_dict({**config.to_dict(), "name": name})
+    out = local_dir(config)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "baseline.json").write_text(json.dumps(baseline))  # the sweep reuses a cached baseline
+    started = time.perf_counter()
+    summary = run_sweep(config, address="local")
+    wall = time.perf_counter() - started
+    if summary.best_dir is None:
+        raise SystemExit(f"error: the one-trial sweep {out} produced no model:\n{summary.text}")
+    last = last_report(out)
+    return {"wall": wall, "train": last["train_seconds"], "trial": last["time_total_s"]}
+
+
+def last_report(sweep: Path, first: bool = False) -> dict:
+    trials = sorted(sweep.glob("trial_*/result.json"))
+    if not trials:
+        raise SystemExit(f"error: no trial reported in {sweep}")
+    lines = [line for line in trials[0].read_text().splitlines() if line.strip()]
+    return json.loads(lines[0] if first else lines[-1])
+
+
+def ratio_part(args, tmp: Path) -> tuple[str, float]:
+    import ray
+
+    from sweeps.tune_run import init_ray
+    from trainers.train import evaluate_baseline
+
+    config = overhead_config(args, tmp / "sweeps")
+    init_ray("local")  # a private Ray, started before anything is timed
+    baseline = evaluate_baseline(config.base_config())
+    order = ["direct", "tune", "tune", "direct"] * ((args.repeats + 1) // 2)
+    order = order[: 2 * args.repeats]
+    runs: dict[str, list[dict]] = {"direct": [], "tune": []}
+    for i, kind in enumerate(order):
+        print(f"--- run {i + 1}/{len(order)}: {kind}", flush=True)
+        if kind == "direct":
+            runs[kind].append(run_direct(config, baseline, tmp / f"direct-{i}"))
+        else:
+            runs[kind].append(run_tuned(config, baseline, f"overhead-{i}"))
+    ray.shutdown()
+
+    def total(kind: str, key: str) -> float:
+        return sum(r[key] for r in runs[kind])
+
+    ratio = total("tune", "wall") / total("direct", "wall")
+    rows = []
+    for kind, label in (("direct", "direct: trainers.train.train()"), ("tune", "one-trial sweep: run_sweep()")):
+        for i, r in enumerate(runs[kind]):
+            rows.append([f"{label} #{i + 1}", f"{r['wall']:.1f}", f"{r.get('trial', r['wall']):.1f}", f"{r['train']:.1f}"])
+    base = config.base_config()
+    text = (
+        f"### Training inside a Tune trial vs called directly\n\n"
+        f"`{'bundled:tiny (smoke)' if args.smoke else base.model}`, {base.max_pairs} pairs, 1 epoch, batch "
+        f"{base.batch_size}, then an evaluation of {base.eval_max_queries} queries against the held-out "
+        f"passages (eval_size {base.eval_size:g}); the trial gets {config.cpus_per_trial:g} CPUs; "
+        f"W&B {'on (offline)' if config.wandb else 'off'}; runs in the order {', '.join(order)}.\n\n"
+        + markdown_table(["run", "wall s", "trial s (Tune's time_total_s)", "training epochs s (trainer-timed)"], rows)
+        + f"\n**wall-time ratio, sweep / direct: {ratio:.3f}x** (target < 1.10: "
+        f"{'met' if ratio < 1.10 else 'not met'}); trial only (Tune's time_total_s / direct wall): "
+        f"{total('tune', 'trial') / total('direct', 'wall'):.3f}x; training epochs alone: "
+        f"{total('tune', 'train') / total('direct', 'train'):.3f}x.\n"
+        "The sweep's wall time includes starting the trial's worker, W&B, checkpoint persistence and the export "
+        "of the best model with its report and plots; the baseline evaluation is cached for both.\n"
+    )
+    return text, ratio
+
+
+def first_step_part(args, tmp: Path) -> str:
+    name = "startup"
+    storage = tmp / "startup"
+    command = [sys.executable, "sweeps/run.py", "--name", name, "--num-samples", "1", "--address", "local",
+               "--storage_path", str(storage)]
+    command += ["--smoke-test"] if args.smoke else ["--max_pairs", str(args.startup_pairs)]
+    if args.no_wandb:
+        command.append("--no-wandb")
+    log = tmp / "startup.log"
+    print(f"--- {' '.join(command[1:])} (log: {log})", flush=True)
+    launched = time.time()
+    with log.open("w") as out:
+        done = subprocess.run(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, timeout=args.timeout)
+    ended = time.time()
+    if done.returncode != 0:
+        raise SystemExit(f"error: the sweep failed ({done.returncode}); its log ends:\n{log.read_text()[-3000:]}")
+    sweep = storage / name
+    first = last_report(sweep, first=True)
+    first_step = first["first_step_unix"]
+    events = [
+        ("`python sweeps/run.py` launched", launched),
+        ("baseline evaluation written (Ray started, base model evaluated once)", (sweep / "baseline.json").stat().st_mtime),
+        # Tune's timestamp is whole seconds: this one is good to about a second.
+        ("first trial's worker started (Tune's timestamp - time_total_s of its first report)",
+         first["timestamp"] - first["time_total_s"]),
+        ("**first training step began** (recorded by the trainer)", first_step),
+        ("sweep finished, best model exported", ended),
+    ]
+    rows = [[label, f"{at - launched:.1f}"] for label, at in events]
+    shown = " ".join(["python", *command[1:]]).replace(str(storage), "<tmp>")
+    return (
+        f"### From `python sweeps/run.py` to the first trial's first step\n\n`{shown}` (the default sweep "
+        f"config{' in smoke mode' if args.smoke else ''}; its first trial is the seed recipe):\n\n"
+        + markdown_table(["event", "seconds after launch"], rows)
+        + f"\n**Time to the first training step: {first_step - launched:.1f} s.**\n"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=400, help="training pairs of the compared run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs of each kind (alternating A B B A)")
+    parser.add_argument("--startup-pairs", type=int, default=64, help="--max_pairs of the start-up sweep")
+    parser.add_argument("--no-wandb", action="store_true", help="leave W&B out of both sweeps")
+    parser.add_argument("--timeout", type=float, default=1200, help="seconds the start-up sweep may take")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats = 1
+    os.environ.setdefault("TQDM_DISABLE", "1")  # Ray relays progress bars line by line
+
+    tmp = tempfile.TemporaryDirectory()
+    ratio_text, _ = ratio_part(args, Path(tmp.name))
+    startup_text = first_step_part(args, Path(tmp.name))
+    write_results(results_dir(args, tmp.name), "sweep_overhead", "Sweep overhead: Tune trial vs direct, and start-up",
+                  ratio_text + "\n" + startup_text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""Trial throughput: training pairs/s of the default training config on this machine.
+
+    python benchmarks/throughput.py              # bundled MiniLM, trainers/configs/default.yaml (~10 min on 2 CPUs)
+    python benchmarks/throughput.py --pairs 4000 # more steps, steadier figure
+    python benchmarks/throughput.py --smoke      # tiny random model, seconds (CI runs this)
+
+It runs trainers.train with trainers/configs/default.yaml (batch 32, 128 tokens, MatryoshkaLoss
+over MNRL at 4 dims, precision auto: fp32 on a CPU, bf16 + TF32 on a CUDA GPU) for one epoch of
+--pairs pairs, and reads the trainer's own timing of its training epochs (``train_seconds``:
+data loading, forward, backward and optimizer steps; no evaluation, no saving). Side by side in
+the same run: the same pairs encoded by the model (no gradients), and, on a CPU, training with
+a single torch thread, which is what each trial of the default sweep gets (cpus_per_trial: 1).
+On a GPU machine the same command reports the GPU and bf16.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import add_common_args, device_name, markdown_table, results_dir, write_results  # noqa: E402
+
+
+def train_rate(config) -> tuple[float, object]:
+    """Training pairs/s of one epoch, from the trainer's own step timing."""
+    from trainers.train import train
+
+    # baseline={} skips the baseline evaluation; the per-epoch one runs on a tiny held-out set.
+    result = train(config, baseline={})
+    return result.train_pairs * config.epochs / result.train_seconds, result
+
+
+def encode_rate(config) -> float:
+    """Pairs/s of encoding the same training pairs (query and passage) without gradients."""
+    from trainers.data import load_split
+    from trainers.models import load_model
+
+    model = load_model(config.model, config.max_seq_length)
+    split = load_split(config)
+    texts = [t for p in split.train for t in (p.query, p.passage)]
+    model.encode(texts[: config.batch_size], batch_size=config.batch_size)  # warm-up
+    started = time.perf_counter()
+    model.encode(texts, batch_size=config.batch_size)
+    return len(split.train) / (time.perf_counter() - started)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default=None, help="trainers YAML (default: trainers/configs/default.yaml)")
+    parser.add_argument("--pairs", type=int, default=960, help="training pairs (one epoch)")
+    parser.add_argument("--no-single-thread", action="store_true", help="skip the 1-thread CPU run")
+    add_common_args(parser)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from trainers import config as config_lib
+    from trainers.train import DEFAULT_CONFIG, precision_args
+
+    tmp = tempfile.TemporaryDirectory()
+    overrides = {
+        "max_pairs": args.pairs, "epochs": 1, "load_best_model_at_end": False,
+        # A tiny held-out set: the trainer evaluates after the epoch, outside the timed part.
+        "eval_size": 64, "eval_max_queries": 32, "output_dir": str(Path(tmp.name) / "model"),
+    }
+    if args.smoke:
+        overrides.update(model="bundled:tiny", max_pairs=64, max_seq_length=32)
+    config = config_lib.load(args.config or DEFAULT_CONFIG, overrides)
+    flags = precision_args(config.precision)
+    precision = "bf16" if flags["bf16"] else "fp16" if flags["fp16"] else "fp32"
+    device = device_name()
+    threads = torch.get_num_threads()
+
+    rows = []
+    rate, result = train_rate(config)
+    rows.append(("training", device, precision, f"{rate:.2f}", "1.00x"))
+    encode = encode_rate(config)
+    rows.append(("encode only (no gradients)", device, precision if torch.cuda.is_available() else "fp32",
+                 f"{encode:.2f}", f"{encode / rate:.2f}x"))
+    single = None
+    if not torch.cuda.is_available() and not args.no_single_thread and threads > 1:
+        torch.set_num_threads(1)
+        single, _ = train_rate(config.replace(output_dir=str(Path(tmp.name) / "model-1")))
+        torch.set_num_threads(threads)
+        rows.append(("training, 1 torch thread (one sweep trial's share)", f"CPU: 1 of {threads} threads",
+                     precision, f"{single:.2f}", f"{single / rate:.2f}x"))
+
+    body = (
+        f"{'tiny random model (smoke)' if args.smoke else config.model}, "
+        f"{'the smoke config' if args.smoke else 'trainers/configs/default.yaml'}: {result.train_pairs} pairs, "
+        f"1 epoch, batch {config.batch_size}, {config.max_seq_length} tokens, dims {list(config.matryoshka_dims)}, "
+        f"loss MatryoshkaLoss({config.loss}); device **{device}**"
+        f"{'' if torch.cuda.is_available() else ' (no GPU was available for this run: CPU only)'}.\n\n"
+        + markdown_table(("what", "device", "precision", "pairs/s", "vs training"), rows, "lllrr")
+        + f"\nTraining: **{rate:.2f} pairs/s** ({result.train_seconds:.1f} s for {result.train_pairs} pairs, "
+        "timed by the trainer around its training epochs: data loading and steps, no evaluation).\n"
+        f"Encoding the same pairs (query + passage, no gradients) runs {encode / rate:.1f}x faster than training them.\n"
+    )
+    if single is not None:
+        body += (
+            f"With one thread training runs at {single / rate:.2f}x the {threads}-thread rate, so two 1-CPU trials "
+            f"side by side (the default sweep) train up to {2 * single / rate:.2f}x as many pairs per second "
+            "as one trial with all cores, if they do not slow each other down.\n"
+        )
+    write_results(results_dir(args, tmp.name), "throughput", "Trial throughput: training pairs/s", body)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
