@@ -107,6 +107,24 @@ class Contention:
 CONTENTION = Contention() if Path("/proc/stat").exists() else None
 
 
+def code_version() -> str:
+    """The commit the benchmark ran from, and any tracked file changed since (they shape the figures)."""
+    import subprocess
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, timeout=30).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                                 capture_output=True, text=True, timeout=30).stdout.split("\n")
+    except (OSError, subprocess.TimeoutExpired):
+        return "not a git checkout"
+    changed = [line[3:] for line in changed if line.strip()]
+    return f"git {commit or '?'}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+
+
+CODE = code_version()  # at start: the code that ran, not what changed while it ran
+
+
 def environment() -> str:
     versions = []
     for name in PACKAGES:
@@ -118,6 +136,7 @@ def environment() -> str:
         f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
         f"- machine: {os.cpu_count()} CPUs ({cpu_name()}), {platform.system()} {platform.release()}\n"
         f"- python {platform.python_version()}; {', '.join(versions)}\n"
+        f"- code: {CODE}\n"
     )
 
 
