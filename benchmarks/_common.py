@@ -114,7 +114,7 @@ def code_version() -> str:
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, timeout=30).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+        changed = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
                                  capture_output=True, text=True, timeout=30).stdout.split("\n")
     except (OSError, subprocess.TimeoutExpired):
         return "not a git checkout"
