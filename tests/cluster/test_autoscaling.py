@@ -158,15 +158,19 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
     sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     killed = None
     try:
-        # Kill the node of the first trial that has finished an epoch (its checkpoint is in storage).
+        # Kill the node of a trial in mid-run: one whose process has been training for 5 s (a
+        # smoke trial takes 15 s or more). Not "the first checkpoint": that may be a trial's last.
+        first_seen: dict[int, float] = {}
         deadline = time.monotonic() + 600
         while sweep.poll() is None and time.monotonic() < deadline:
-            if killed is None and list((root / "sweeps" / "fake-smoke").glob("trial_*/checkpoint_000000")):
+            if killed is None:
                 running = trial_pids_by_node()
-                if running:
-                    trial, raylet = next(iter(running.items()))
-                    kill_tree(raylet)
-                    killed = (round(time.monotonic() - started, 1), trial, raylet)
+                for trial, raylet in running.items():
+                    first_seen.setdefault(trial, time.monotonic())
+                    if time.monotonic() - first_seen[trial] >= 5:
+                        kill_tree(raylet)
+                        killed = (round(time.monotonic() - started, 1), trial, raylet)
+                        break
             time.sleep(0.5)
         assert sweep.poll() is not None, "the sweep did not finish in 10 minutes"
     finally:
