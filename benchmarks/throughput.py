@@ -4,18 +4,18 @@
     python benchmarks/throughput.py --pairs 4000 # more steps, steadier figure
     python benchmarks/throughput.py --smoke      # tiny random model, seconds (CI runs this)
 
-On a CUDA machine it writes results/throughput-gpu.md instead, trains 20,000 pairs by default
-and adds, side by side, fp32 (with TF32), fp16 and the default precision at batch 128, with the
-peak GPU memory of each; it also records the trainer flags the GPU run got (bf16, tf32, fused
-AdamW) and whether TF32 was on in torch after training.
-
 It runs trainers.train with trainers/configs/default.yaml (batch 32, 128 tokens, MatryoshkaLoss
-over MNRL at 4 dims, precision auto: fp32 on a CPU, bf16 + TF32 on a CUDA GPU) for one epoch of
---pairs pairs, and reads the trainer's own timing of its training epochs (``train_seconds``:
-data loading, forward, backward and optimizer steps; no evaluation, no saving). Side by side in
-the same run: the same pairs encoded by the model (no gradients), and, on a CPU, training with
-a single torch thread, which is what each trial of the default sweep gets (cpus_per_trial: 1).
-On a GPU machine the same command reports the GPU and bf16.
+over MNRL at 4 dims, precision auto: fp32 on a CPU, bf16 + TF32 + fused AdamW on a CUDA GPU) for
+one epoch of --pairs pairs, and reads the trainer's own timing of its training epochs
+(``train_seconds``: data loading, forward, backward and optimizer steps; no evaluation, no
+saving). Side by side in the same run: the same pairs encoded by the model (no gradients), and,
+on a CPU, training with a single torch thread, which is what each trial of the default sweep
+gets (cpus_per_trial: 1).
+
+On a CUDA machine it writes results/throughput-gpu.md instead, trains 20,000 pairs by default,
+and adds side by side: fp32 (with TF32), fp16, batch 128 in bf16 and in fp32, and no DataLoader
+workers (tokenising between steps, as on a CPU), each with its peak GPU memory; it also records
+the trainer flags the run got (bf16, tf32, optim, workers) and TF32's state in torch afterwards.
 """
 
 from __future__ import annotations
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainers import config as config_lib
-    from trainers.train import DEFAULT_CONFIG, precision_args
+    from trainers.train import DEFAULT_CONFIG, dataloader_workers, precision_args
 
     cuda = torch.cuda.is_available()
     tmp = tempfile.TemporaryDirectory()
@@ -109,13 +109,16 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = []
     rate, result = train_rate(config)
+    workers = dataloader_workers(config.dataloader_workers)
     rows.append(("training", device, precision, config.batch_size, f"{rate:.2f}", "1.00x", peak_gib()))
     tf32_after = tf32_state() if cuda else None
     if cuda:
         # Side by side on the GPU: what bf16 buys over fp32 (TF32 stays on, as the trainer sets
         # it on any Ampere+ GPU), fp16, and a batch that fills an H100 better than 32.
         for label, change in (("fp32 + TF32", {"precision": "fp32"}), ("fp16", {"precision": "fp16"}),
-                              ("batch 128", {"batch_size": 128})):
+                              ("batch 128", {"batch_size": 128}),
+                              ("fp32 + TF32, batch 128", {"precision": "fp32", "batch_size": 128}),
+                              ("no dataloader workers", {"dataloader_workers": 0})):
             variant = config.replace(output_dir=str(Path(tmp.name) / f"model-{len(rows)}"), **change)
             other, _ = train_rate(variant)
             name = "bf16" if variant.precision == "auto" and flags["bf16"] else variant.precision
@@ -147,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if cuda:
         body += (
             f"Trainer flags of the default run: bf16={flags['bf16']}, tf32={flags.get('tf32')}, "
-            f"optim={flags.get('optim')}; TF32 for matmuls in torch after training: {tf32_after}.\n"
+            f"optim={flags.get('optim')}, dataloader workers={workers}; TF32 for matmuls in torch after training: {tf32_after}.\n"
         )
     if single is not None:
         body += (

