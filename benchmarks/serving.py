@@ -102,7 +102,8 @@ def pip_verdict() -> str:
     """What pip says about installing the ONNX extra of the installed sentence-transformers."""
     spec = f"sentence-transformers[onnx]=={metadata.version('sentence-transformers')}"
     try:
-        done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--quiet", spec],
+        # Not --quiet: that hides pip's "The conflict is caused by" lines, the useful part.
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", spec],
                               capture_output=True, text=True, timeout=300)
     except (OSError, subprocess.TimeoutExpired) as err:
         return f"`pip install --dry-run {spec}` could not run: {err}"

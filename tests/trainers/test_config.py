@@ -36,6 +36,7 @@ def test_default_yaml_loads_and_matches_the_documented_budget():
         ({"objective": "best"}, "objective='best'"),
         ({"objective": "dim_32_cosine_map@100"}, "not in matryoshka_dims"),
         ({"no_duplicates": "maybe"}, "true or false"),
+        ({"dataloader_workers": -1}, "dataloader_workers=-1"),
     ],
 )
 def test_bad_values_name_the_key(values, needle):

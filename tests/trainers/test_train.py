@@ -1,9 +1,12 @@
 import json
 import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
+from trainers import config as config_lib
 from trainers import train as train_module
 from trainers.config import TrainConfig
 from trainers.train import train
@@ -132,3 +135,16 @@ def test_bundled_minilm_trains_on_real_debian_pairs_and_reloads(tmp_path):
     base = train_module.load_model("bundled:minilm", max_seq_length=64)
     texts = ["Real-time strategy game of ancient warfare", "Python bindings for the Qt toolkit"]
     assert np.abs(trained.encode(texts) - base.encode(texts)).max() > 1e-4
+
+
+def test_dataloader_workers_auto_is_zero_on_a_cpu_and_a_set_count_is_kept():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("checks the CPU default")
+    assert train_module.dataloader_workers(None) == 0
+    assert train_module.dataloader_workers(3) == 3
+    assert train_module.training_args(
+        config_lib.from_dict({"dataloader_workers": 2}), Path("/tmp/unused"), False
+    ).dataloader_num_workers == 2
+
