@@ -145,6 +145,6 @@ def test_dataloader_workers_auto_is_zero_on_a_cpu_and_a_set_count_is_kept():
     assert train_module.dataloader_workers(None) == 0
     assert train_module.dataloader_workers(3) == 3
     assert train_module.training_args(
-        config_lib.from_dict({"dataloader_workers": 2}), Path("/tmp/unused"), False
+        config_lib.from_dict({"dataloader_workers": 2, "load_best_model_at_end": False}), Path("/tmp/unused"), False
     ).dataloader_num_workers == 2
 
