@@ -107,16 +107,19 @@ class EmbeddingService:
             raise APIError(ErrorKind.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def encode(self, texts: list[str]) -> list[np.ndarray]:
+    async def encode(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
         # Deliberately blocking: while the model runs, new requests queue up and form the next
         # batch. Awaiting an executor here would let each request run alone (batch size 1).
         self.batches += 1
         self.batched_texts += len(texts)
-        return list(self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True))
+        vectors = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True)
+        # Token counts for `usage` come from one tokenizer call per batch: a call per request
+        # cost ~0.7 ms under 16 clients (tokenizer threads waking up on a busy CPU).
+        return list(zip(vectors, self._token_counts(texts)))
 
-    def _tokens(self, texts: list[str]) -> int:
+    def _token_counts(self, texts: list[str]) -> list[int]:
         encoded = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
-        return sum(len(ids) for ids in encoded["input_ids"])
+        return [len(ids) for ids in encoded["input_ids"]]
 
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> JSONResponse:
@@ -130,9 +133,10 @@ class EmbeddingService:
         texts = parsed.texts
         if parsed.input_type == "query" and self.query_prompt:
             texts = [self.query_prompt + t for t in texts]
-        vectors = await asyncio.gather(*(self.encode(t) for t in texts))
-        embeddings = truncate(np.stack(vectors), parsed.dimensions)
-        return JSONResponse(response(embeddings, parsed, self.name, self._tokens(texts)))
+        encoded = await asyncio.gather(*(self.encode(t) for t in texts))
+        embeddings = truncate(np.stack([v for v, _ in encoded]), parsed.dimensions)
+        tokens = sum(n for _, n in encoded)
+        return JSONResponse(response(embeddings, parsed, self.name, tokens))
 
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
