@@ -1,14 +1,16 @@
 """Serving: the embedding endpoint under load vs in-process encode, and the ONNX backend.
 
-    python benchmarks/serving.py               # bundled MiniLM, 1/4/16/64 clients, 400 requests each (~5 min)
+    python benchmarks/serving.py               # bundled MiniLM, 1/4/16/64 clients, 5 rounds of 400 requests (~6 min)
     python benchmarks/serving.py --model runs/local/best --clients 1,16
     python benchmarks/serving.py --smoke       # tiny random model, about a minute (CI runs this)
 
 It deploys serve/app.py's EmbeddingService on a private local Ray (one replica with every
 CPU, HTTP and HAProxy on loopback ports 8100-8199) and drives it with serve/loadtest.py's
-machinery: at each level N clients send single-text requests back to back (bounded by
---requests and --time-limit), then the same texts are encoded in-process at batch size N in
-the same run; the ratio is served requests/s over in-process texts/s.
+machinery: at each level, --rounds times, N clients send single-text requests back to back
+(bounded by --requests and --time-limit), then the same texts are encoded in-process at
+batch size N; a round's ratio is served requests/s over in-process texts/s, and the table
+gives the median over rounds next to every round's ratio (this machine's speed drifts by
++-15% from minute to minute, more than the effects being measured).
 
 Then sentence-transformers' ONNX backend (``backend="onnx"``) and its dynamically quantised
 int8 variant (``export_dynamic_quantized_onnx_model``) are built from the same model. Where
@@ -72,7 +74,8 @@ def serve_part(args, model_path: str, model, port: int):
     start(ServeArgs(model=model_path), "127.0.0.1", port, options=options)
     wait_healthy(url)
     try:
-        return [loadtest.measure(url, model, int(c), args.requests, args.time_limit) for c in args.clients.split(",")]
+        return [loadtest.measure(url, model, int(c), args.requests, args.time_limit, args.rounds)
+                for c in args.clients.split(",")]
     finally:
         serve.shutdown()
 
@@ -119,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled:minilm", help="model spec or folder to serve")
     parser.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrency levels")
-    parser.add_argument("--requests", type=int, default=400, help="requests per level (bound)")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level (bound)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per round (bound)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
+    parser.add_argument("--rounds", type=int, default=5, help="paired served/in-process rounds per level")
     parser.add_argument("--no-pip-check", action="store_true", help="do not ask pip why the ONNX extra is missing")
     add_common_args(parser)
     args = parser.parse_args(argv)
     if args.smoke:
-        args.model, args.clients, args.requests, args.time_limit = "bundled:tiny", "1,4", 24, 30.0
+        args.model, args.clients, args.requests, args.time_limit, args.rounds = "bundled:tiny", "1,4", 24, 30.0, 2
 
     tmp = tempfile.TemporaryDirectory()
     short = tempfile.TemporaryDirectory(prefix="hx", dir="/tmp")
@@ -151,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     body = (
         f"### Served (torch) vs in-process encode\n\n`{name}` served by serve/app.py on a private Ray: one replica "
         f"with all {os.cpu_count()} CPUs, HAProxy ingress, loopback; each level at most {args.requests} requests "
-        f"or {args.time_limit:g} s. ratio = served req/s / in-process texts/s at batch = clients (best of 3).\n\n"
+        f"or {args.time_limit:g} s per round, {args.rounds} rounds. Each round serves the load, then encodes the same "
+        f"texts in-process at batch = clients (best of 3); ratio = the median over rounds of served req/s / "
+        f"in-process texts/s; req/s and in-process texts/s are medians, latencies pool every round.\n\n"
         + loadtest.table(served) + "\n"
     )
 
@@ -161,10 +167,10 @@ def main(argv: list[str] | None = None) -> int:
         texts = loadtest.sample_texts(args.requests)
         rows = []
         for clients in (int(c) for c in args.clients.split(",")):
-            torch_rate, _ = loadtest.inprocess(model, texts, clients)
+            torch_rate = loadtest.inprocess(model, texts, clients)
             row = [clients, f"{torch_rate:.1f}"]
             for variant in variants.values():
-                rate, _ = loadtest.inprocess(variant, texts, clients)
+                rate = loadtest.inprocess(variant, texts, clients)
                 row += [f"{rate:.1f}", f"{rate / torch_rate:.2f}x"]
             rows.append(row)
         headers = ["batch", "torch texts/s"] + [h for v in variants for h in (f"{v} texts/s", "vs torch")]

@@ -3,11 +3,14 @@
     python serve/loadtest.py --model bundled:minilm --start --clients 1,16
     python serve/loadtest.py --url http://127.0.0.1:8000 --model runs/local/best --clients 16
 
-Each client sends single-text requests back to back until the run's request count or time
-limit is reached (both bounded; only loopback addresses are accepted). It prints requests/s,
-p50/p95/p99 latency, the batch size the server achieved (from /v1/stats), and the ratio to
-a plain in-process ``model.encode`` of the same texts at batch size = clients, measured in
-the same run. ``--start`` deploys the model itself (one replica, all CPUs) and stops it after.
+Each client sends single-text requests back to back until the round's request count or time
+limit is reached (both bounded; only loopback addresses are accepted). Every concurrency
+level runs ``--rounds`` rounds, each the served load followed by a plain in-process
+``model.encode`` of the same texts at batch size = clients; it prints the median requests/s,
+p50/p95/p99 latency, the batch size the server achieved (from /v1/stats), and the median of
+the per-round ratios (pairing the two in time keeps a busy moment on a shared machine from
+tilting the ratio). ``--start`` deploys the model itself (one replica, all CPUs) and stops it
+after.
 """
 
 from __future__ import annotations
@@ -30,18 +33,47 @@ if str(REPO) not in sys.path:
 
 
 @dataclass
-class Result:
-    clients: int
+class Round:
+    """One served run of the load next to one in-process run of the same texts."""
+
     requests: int
     seconds: float
-    latencies_ms: list[float]
-    mean_batch: float
     inprocess_per_s: float
-    single_encode_ms: float
 
     @property
     def per_s(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def ratio(self) -> float:
+        return self.per_s / self.inprocess_per_s
+
+
+@dataclass
+class Result:
+    clients: int
+    rounds: list[Round]
+    latencies_ms: list[float]  # every request of every round
+    mean_batch: float
+    single_encode_ms: float
+
+    @property
+    def requests(self) -> int:
+        return sum(r.requests for r in self.rounds)
+
+    @property
+    def per_s(self) -> float:
+        return statistics.median(r.per_s for r in self.rounds)
+
+    @property
+    def inprocess_per_s(self) -> float:
+        return statistics.median(r.inprocess_per_s for r in self.rounds)
+
+    @property
+    def ratio(self) -> float:
+        # The median of paired ratios: each round's served rate is divided by the in-process
+        # rate measured right after it, so a slow minute of this shared machine hits both.
+        return statistics.median(r.ratio for r in self.rounds)
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -151,45 +183,56 @@ def stats(url: str, api_key: str | None = None) -> dict:
     return httpx.get(f"{url}/v1/stats", timeout=10).json()
 
 
-def inprocess(model, texts: list[str], batch_size: int) -> tuple[float, float]:
-    """Texts/s of model.encode at ``batch_size`` (best of 3: this machine is noisy, and the
-    best in-process figure is the hardest one for the server to match), and the median
-    latency of a single-text encode."""
+def inprocess(model, texts: list[str], batch_size: int) -> float:
+    """Texts/s of model.encode at ``batch_size``: best of 3 (the best in-process figure is the
+    hardest one for the server to match)."""
     model.encode(texts[:batch_size], batch_size=batch_size)  # warm-up
     rates = []
     for _ in range(3):
         started = time.perf_counter()
         model.encode(texts, batch_size=batch_size)
         rates.append(len(texts) / (time.perf_counter() - started))
-    per_s = max(rates)
+    return max(rates)
+
+
+def single_encode_ms(model, texts: list[str]) -> float:
+    """Median latency of a one-text in-process encode."""
     singles = []
     for text in texts[:50]:
         t0 = time.perf_counter()
         model.encode([text], batch_size=1)
         singles.append((time.perf_counter() - t0) * 1000)
-    return per_s, statistics.median(singles)
+    return statistics.median(singles)
 
 
-def measure(url: str, model, clients: int, requests: int, time_limit_s: float) -> Result:
+def measure(url: str, model, clients: int, requests: int, time_limit_s: float, rounds: int = 3) -> Result:
+    """``rounds`` paired rounds at one concurrency level: the served load (``requests`` single-text
+    requests, bounded by ``time_limit_s``), then in-process encoding of the texts it sent."""
     texts = sample_texts(max(requests, 64))
     before = stats(url)
-    latencies, seconds = asyncio.run(run_load(url, texts, clients, requests, time_limit_s))
+    done: list[Round] = []
+    latencies: list[float] = []
+    for _ in range(rounds):
+        round_latencies, seconds = asyncio.run(run_load(url, texts, clients, requests, time_limit_s))
+        latencies += round_latencies
+        done.append(Round(len(round_latencies), seconds, inprocess(model, texts[: len(round_latencies)], clients)))
     after = stats(url)
-    batches = after["batches"] - before["batches"] - 1  # the warm-up request
-    mean_batch = (after["texts"] - before["texts"] - 1) / batches if batches > 0 else 0.0
-    per_s, single_ms = inprocess(model, texts[: len(latencies)], batch_size=clients)
-    return Result(clients, len(latencies), seconds, latencies, mean_batch, per_s, single_ms)
+    batches = after["batches"] - before["batches"] - rounds  # one warm-up request per round
+    mean_batch = (after["texts"] - before["texts"] - rounds) / batches if batches > 0 else 0.0
+    return Result(clients, done, latencies, mean_batch, single_encode_ms(model, texts))
 
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | mean batch | in-process texts/s (batch = clients) | ratio | in-process single encode ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | mean batch | in-process texts/s (batch = clients) "
+        "| ratio | ratio per round | in-process single encode ms |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
+        per_round = " ".join(f"{x.ratio:.2f}" for x in r.rounds)
         lines.append(
             f"| {r.clients} | {r.requests} | {r.per_s:.1f} | {r.pct(50):.1f} | {r.pct(95):.1f} | {r.pct(99):.1f} | "
-            f"{r.mean_batch:.1f} | {r.inprocess_per_s:.1f} | {r.per_s / r.inprocess_per_s:.2f}x | {r.single_encode_ms:.1f} |"
+            f"{r.mean_batch:.1f} | {r.inprocess_per_s:.1f} | {r.ratio:.2f}x | {per_round} | {r.single_encode_ms:.1f} |"
         )
     return "\n".join(lines)
 
@@ -200,9 +243,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="the served model, loaded in-process for the comparison")
     parser.add_argument("--start", action="store_true", help="deploy --model first (1 replica, all CPUs), stop after")
     parser.add_argument("--clients", default="1,16", help="comma-separated concurrency levels")
-    parser.add_argument("--requests", type=int, default=400, help="requests per level (bound)")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per level (bound)")
+    parser.add_argument("--requests", type=int, default=400, help="requests per round (bound)")
+    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="paired served/in-process rounds per level; the table gives medians")
     args = parser.parse_args(argv)
+    if args.rounds < 1 or args.requests < 1:
+        raise SystemExit(f"error: --rounds {args.rounds} / --requests {args.requests}: both must be at least 1")
     check_loopback(args.url)
 
     import os
@@ -225,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
         start(ServeArgs(model=args.model), "127.0.0.1", port, options=options)
         wait_healthy(args.url)
     try:
-        results = [measure(args.url, model, int(c), args.requests, args.time_limit) for c in args.clients.split(",")]
+        results = [measure(args.url, model, int(c), args.requests, args.time_limit, args.rounds)
+                   for c in args.clients.split(",")]
     finally:
         if args.start:
             serve.shutdown()
