@@ -210,13 +210,18 @@ def test_loadtest_smoke(tiny_model_path):
            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
     done = subprocess.run(
         [sys.executable, "serve/loadtest.py", "--model", str(tiny_model_path), "--start", "--url",
-         f"http://127.0.0.1:{port}", "--clients", "1,4", "--requests", "24", "--time-limit", "30"],
+         f"http://127.0.0.1:{port}", "--clients", "1,4", "--requests", "24", "--time-limit", "30",
+         "--rounds", "2"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
     assert lines[0].startswith("| clients | requests | req/s | p50 ms")
     assert len(lines) == 4  # header, rule, 2 levels
+    column = [c.strip() for c in lines[0].strip("|").split("|")].index("ratio per round")
+    for row in lines[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert int(cells[1]) == 2 * 24 and len(cells[column].split()) == 2  # 2 rounds of 24 requests
 
 
 def test_loadtest_refuses_other_hosts():
