@@ -34,6 +34,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import add_common_args, markdown_table, results_dir, write_results  # noqa: E402
 
+from serve.loadtest import at_least_one  # noqa: E402  (stdlib only at import: no Ray, no torch)
+
 PORTS = range(8100, 8200)  # this project's benchmark ports, away from tests and `ray start` clusters
 
 
@@ -122,9 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="bundled:minilm", help="model spec or folder to serve")
     parser.add_argument("--clients", default="1,4,16,64", help="comma-separated concurrency levels")
-    parser.add_argument("--requests", type=int, default=400, help="requests per round (bound)")
+    parser.add_argument("--requests", type=at_least_one, default=400, help="requests per round (bound)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
-    parser.add_argument("--rounds", type=int, default=5, help="paired served/in-process rounds per level")
+    parser.add_argument("--rounds", type=at_least_one, default=5, help="paired served/in-process rounds per level")
     parser.add_argument("--no-pip-check", action="store_true", help="do not ask pip why the ONNX extra is missing")
     add_common_args(parser)
     args = parser.parse_args(argv)

@@ -80,6 +80,14 @@ class Result:
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
+def at_least_one(value: str) -> int:
+    """argparse type for --rounds and --requests."""
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"{value}: must be at least 1")
+    return number
+
+
 def check_loopback(url: str) -> None:
     host = urlparse(url).hostname or ""
     try:
@@ -243,13 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="the served model, loaded in-process for the comparison")
     parser.add_argument("--start", action="store_true", help="deploy --model first (1 replica, all CPUs), stop after")
     parser.add_argument("--clients", default="1,16", help="comma-separated concurrency levels")
-    parser.add_argument("--requests", type=int, default=400, help="requests per round (bound)")
+    parser.add_argument("--requests", type=at_least_one, default=400, help="requests per round (bound)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=at_least_one, default=3,
                         help="paired served/in-process rounds per level; the table gives medians")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.requests < 1:
-        raise SystemExit(f"error: --rounds {args.rounds} / --requests {args.requests}: both must be at least 1")
     check_loopback(args.url)
 
     import os

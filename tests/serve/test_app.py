@@ -229,3 +229,12 @@ def test_loadtest_refuses_other_hosts():
 
     with pytest.raises(SystemExit, match="only targets this machine"):
         loadtest.check_loopback("http://10.0.0.1:8000")
+
+
+@pytest.mark.parametrize("flag", ["--rounds", "--requests"])
+def test_loadtest_refuses_fewer_than_one(flag, capsys):
+    from serve import loadtest
+
+    with pytest.raises(SystemExit) as exited:
+        loadtest.main(["--model", "bundled:tiny", flag, "0"])
+    assert exited.value.code == 2 and f"argument {flag}: 0: must be at least 1" in capsys.readouterr().err
