@@ -27,7 +27,6 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = (404, "invalid_request_error")
     BODY_TOO_LARGE = (413, "invalid_request_error")
     OVERLOADED = (429, "rate_limit_error")
-    NOT_READY = (503, "service_unavailable")
 
     @property
     def status(self) -> int:

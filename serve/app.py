@@ -7,10 +7,10 @@
     curl -s 127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
         -d '{"input": ["a text editor"], "dimensions": 64}'
 
-Routes: POST /v1/embeddings, GET /v1/models, GET /health (503 until the model is loaded),
-GET /v1/stats (achieved batch sizes). Autoscaling and replica options live in
-serve/config.yaml, which both ways of starting read. Any sentence-transformers folder
-works as the model; nothing from sweeps/ is needed.
+Routes: POST /v1/embeddings, GET /v1/models, GET /health (200 once a replica has loaded
+the model; Serve's ingress answers 404 until then), GET /v1/stats (achieved batch sizes).
+Autoscaling and replica options live in serve/config.yaml, which both ways of starting read.
+Any sentence-transformers folder works as the model; nothing from sweeps/ is needed.
 """
 
 # No `from __future__ import annotations` here: FastAPI must see real types (Request) through
@@ -20,7 +20,6 @@ import asyncio
 import logging
 import os
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -77,17 +76,16 @@ async def _api_error(request: Request, err: APIError) -> JSONResponse:
 class EmbeddingService:
     def __init__(self, args: dict[str, Any]) -> None:
         self.args = ServeArgs.model_validate(args)
-        self.model = None
         self.name = self.args.name or Path(self.args.model.removeprefix("bundled:")).name
         self.batches = 0
         self.batched_texts = 0
         self.encode.set_max_batch_size(self.args.max_batch_size)
         self.encode.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
-        # Load in the background: /health answers 503 (and requests get a clear 503) meanwhile.
-        self._loader = threading.Thread(target=self._load, daemon=True)
-        self._loader.start()
-
-    def _load(self) -> None:
+        # Loaded in the constructor, not in a background thread: Serve routes no request to a
+        # replica before its constructor returns, so a replica that autoscaling adds (or that
+        # restarts) takes traffic only once it can answer. With a background load, a new
+        # replica took its share of requests while loading and answered them 503 (seen at 16
+        # clients: scale-up from 1 to 2 replicas failed the load test).
         from trainers.models import load_model
 
         model = load_model(self.args.model, device=self.args.device)
@@ -96,10 +94,6 @@ class EmbeddingService:
         self.query_prompt = self.args.query_prompt if self.args.query_prompt is not None else model.prompts.get("query", "")
         self.model = model
         logger.info("loaded %s (%d dims, max %d tokens)", self.args.model, self.dim, model.max_seq_length)
-
-    def _require_ready(self) -> None:
-        if self.model is None:
-            raise APIError(ErrorKind.NOT_READY, "the model is still loading; retry shortly")
 
     def _authorize(self, request: Request) -> None:
         expected = os.environ.get(self.args.api_key_env)
@@ -124,7 +118,6 @@ class EmbeddingService:
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> JSONResponse:
         self._authorize(request)
-        self._require_ready()
         body = await request.body()
         parsed = parse_request(
             body, max_body_bytes=self.args.max_body_bytes, max_inputs=self.args.max_inputs,
@@ -141,7 +134,6 @@ class EmbeddingService:
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        self._require_ready()
         return {"object": "list", "data": [{
             "id": self.name, "object": "model", "created": 0, "owned_by": "matryoshka-sweeps",
             "dimensions": self.dim, "max_input_tokens": self.model.max_seq_length,
@@ -149,8 +141,8 @@ class EmbeddingService:
 
     @fastapi_app.get("/health")
     async def health(self) -> JSONResponse:
-        if self.model is None:
-            return JSONResponse({"status": "loading"}, status_code=503)
+        # Only a replica whose constructor has loaded the model is routed to; before the first
+        # one is up, Serve's ingress has no route for the app and answers 404 itself.
         return JSONResponse({"status": "ok", "model": self.name})
 
     @fastapi_app.get("/v1/stats")

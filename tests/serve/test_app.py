@@ -173,12 +173,15 @@ def test_autoscaling_goes_up_under_load_and_back_down(serve_url, tiny_model_path
     counts = [(0.0, 1)]
     started = time.monotonic()
     stop = False
+    failed: list[tuple[int, str]] = []
 
     def client():
         with httpx.Client(timeout=30) as session:
             sent = 0
             while not stop and sent < 3000:  # bounded
-                session.post(f"{url}/v1/embeddings", json={"input": ["load " * 50] * 4})
+                answer = session.post(f"{url}/v1/embeddings", json={"input": ["load " * 50] * 4})
+                if answer.status_code != 200:
+                    failed.append((answer.status_code, answer.text[:200]))
                 sent += 1
 
     with ThreadPoolExecutor(8) as pool:
@@ -186,10 +189,13 @@ def test_autoscaling_goes_up_under_load_and_back_down(serve_url, tiny_model_path
         while time.monotonic() - started < 60 and counts[-1][1] < 2:
             time.sleep(0.5)
             counts.append((time.monotonic() - started, _replicas("scaled")))
+        time.sleep(10)  # the load goes on while the new replica starts taking requests
         stop = True
         for f in futures:
             f.result()
     assert counts[-1][1] >= 2, f"never scaled up: {counts}"
+    # A replica that is still loading its model must get no request (it would have to fail it).
+    assert not failed, f"{len(failed)} requests failed while scaling up, first: {failed[0]}"
     while time.monotonic() - started < 150 and counts[-1][1] > 1:
         time.sleep(1)
         counts.append((time.monotonic() - started, _replicas("scaled")))
