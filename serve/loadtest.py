@@ -7,10 +7,10 @@ Each client sends single-text requests back to back until the round's request co
 limit is reached (both bounded; only loopback addresses are accepted). Every concurrency
 level runs ``--rounds`` rounds, each the served load followed by a plain in-process
 ``model.encode`` of the same texts at batch size = clients; it prints the median requests/s,
-p50/p95/p99 latency, the batch size the server achieved (from /v1/stats), and the median of
-the per-round ratios (pairing the two in time keeps a busy moment on a shared machine from
-tilting the ratio). ``--start`` deploys the model itself (one replica, all CPUs) and stops it
-after.
+p50/p95/p99 latency, the batch size the server achieved (from every response's X-Batch-Size,
+so the batches of all replicas count), and the median of the per-round ratios (pairing the
+two in time keeps a busy moment on a shared machine from tilting the ratio). ``--start``
+deploys the model itself (one replica, all CPUs) and stops it after.
 """
 
 from __future__ import annotations
@@ -123,12 +123,13 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def post(self, body: bytes) -> tuple[int, bytes]:
+    async def post(self, body: bytes) -> tuple[int, bytes, float | None]:
+        """Status, body and the X-Batch-Size header (None when absent)."""
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
         status = int((await self.reader.readline()).split()[1])
-        length, chunked, close = 0, False, False
+        length, chunked, close, batch = 0, False, False, None
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -138,6 +139,8 @@ class Connection:
                 chunked = b"chunked" in value.lower()
             elif name == b"connection":
                 close = b"close" in value.lower()
+            elif name == b"x-batch-size":
+                batch = float(value)
         if chunked:
             parts = []
             while size := int((await self.reader.readline()).split(b";")[0], 16):
@@ -149,7 +152,7 @@ class Connection:
             payload = await self.reader.readexactly(length)
         if close:
             await self.close()
-        return status, payload
+        return status, payload, batch
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -158,9 +161,11 @@ class Connection:
 
 
 async def run_load(url: str, texts: list[str], clients: int, max_requests: int, time_limit_s: float,
-                   api_key: str | None = None) -> tuple[list[float], float]:
+                   api_key: str | None = None) -> tuple[list[float], list[float], float]:
+    """Latencies (ms) and batch sizes of every request, and the seconds the load took."""
     bodies = [json.dumps({"input": text}).encode() for text in texts]
     latencies: list[float] = []
+    batches: list[float] = []
     counter = iter(range(max_requests))
     deadline = time.monotonic() + time_limit_s
 
@@ -169,26 +174,22 @@ async def run_load(url: str, texts: list[str], clients: int, max_requests: int, 
             if time.monotonic() > deadline:
                 return
             started = time.perf_counter()
-            status, payload = await connection.post(bodies[i % len(bodies)])
+            status, payload, batch = await connection.post(bodies[i % len(bodies)])
             if status != 200:
                 raise RuntimeError(f"HTTP {status}: {payload[:300]!r}")
             latencies.append((time.perf_counter() - started) * 1000)
+            if batch:
+                batches.append(batch)
 
     connections = [Connection(url, "/v1/embeddings", api_key) for _ in range(clients)]
     try:
         await asyncio.gather(*(c.post(json.dumps({"input": "warm up"}).encode()) for c in connections[:1]))
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for c in connections))
-        return latencies, time.perf_counter() - started
+        return latencies, batches, time.perf_counter() - started
     finally:
         for c in connections:
             await c.close()
-
-
-def stats(url: str, api_key: str | None = None) -> dict:
-    import httpx
-
-    return httpx.get(f"{url}/v1/stats", timeout=10).json()
 
 
 def inprocess(model, texts: list[str], batch_size: int) -> float:
@@ -217,16 +218,17 @@ def measure(url: str, model, clients: int, requests: int, time_limit_s: float, r
     """``rounds`` paired rounds at one concurrency level: the served load (``requests`` single-text
     requests, bounded by ``time_limit_s``), then in-process encoding of the texts it sent."""
     texts = sample_texts(max(requests, 64))
-    before = stats(url)
     done: list[Round] = []
     latencies: list[float] = []
+    sizes: list[float] = []
     for _ in range(rounds):
-        round_latencies, seconds = asyncio.run(run_load(url, texts, clients, requests, time_limit_s))
+        round_latencies, round_sizes, seconds = asyncio.run(run_load(url, texts, clients, requests, time_limit_s))
         latencies += round_latencies
+        sizes += round_sizes
         done.append(Round(len(round_latencies), seconds, inprocess(model, texts[: len(round_latencies)], clients)))
-    after = stats(url)
-    batches = after["batches"] - before["batches"] - rounds  # one warm-up request per round
-    mean_batch = (after["texts"] - before["texts"] - rounds) / batches if batches > 0 else 0.0
+    # Each request is one text, and a batch of b texts answers b requests that each say b, so
+    # sum(1/b) counts the batches: texts / batches is the mean batch size.
+    mean_batch = len(sizes) / sum(1 / b for b in sizes) if sizes else 0.0
     return Result(clients, done, latencies, mean_batch, single_encode_ms(model, texts))
 
 

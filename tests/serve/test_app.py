@@ -64,6 +64,13 @@ def test_embeddings_equal_in_process_encode_full_and_truncated(tiny_app):
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
 
 
+def test_each_response_says_its_batch_size(tiny_app):
+    url, _ = tiny_app
+    # One request's inputs are queued together, so on an idle replica they form one batch.
+    assert post(url, {"input": ["a", "b", "c"]}).headers["x-batch-size"] == "3"
+    assert post(url, {"input": "a"}).headers["x-batch-size"] == "1"
+
+
 def test_base64_encoding_and_query_prompt(tiny_app):
     url, model = tiny_app
     reply = post(url, {"input": "text editor", "encoding_format": "base64", "dimensions": 128}).json()
@@ -228,6 +235,7 @@ def test_loadtest_smoke(tiny_model_path):
     for row in lines[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert int(cells[1]) == 2 * 24 and len(cells[column].split()) == 2  # 2 rounds of 24 requests
+        assert float(cells[6]) >= 1.0  # mean batch, from the responses' X-Batch-Size
 
 
 def test_loadtest_refuses_other_hosts():
