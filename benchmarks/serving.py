@@ -4,8 +4,8 @@
     python benchmarks/serving.py --model runs/local/best --clients 1,16
     python benchmarks/serving.py --smoke       # tiny random model, about a minute (CI runs this)
 
-It deploys serve/app.py's EmbeddingService on a private local Ray (one replica with every
-CPU, HTTP and HAProxy on loopback ports 8100-8199) and drives it with serve/loadtest.py's
+It deploys serve/app.py's EmbeddingService on a private local Ray (one 1-CPU replica per
+core, HTTP and HAProxy on loopback ports 8100-8199) and drives it with serve/loadtest.py's
 machinery: at each level, --rounds times, N clients send single-text requests back to back
 (bounded by --requests and --time-limit), then the same texts are encoded in-process at
 batch size N; a round's ratio is served requests/s over in-process texts/s, and the table
@@ -67,13 +67,10 @@ def serve_part(args, model_path: str, model, port: int):
     from ray import serve
 
     from serve import loadtest
-    from serve.app import ServeArgs, deployment_options, start, wait_healthy
+    from serve.app import ServeArgs, per_core_options, start, wait_healthy
 
     url = f"http://127.0.0.1:{port}"
-    options = deployment_options()
-    options.pop("autoscaling_config", None)
-    options.update(num_replicas=1, ray_actor_options={"num_cpus": os.cpu_count() or 1})
-    start(ServeArgs(model=model_path), "127.0.0.1", port, options=options)
+    start(ServeArgs(model=model_path), "127.0.0.1", port, options=per_core_options())
     wait_healthy(url)
     try:
         return [loadtest.measure(url, model, int(c), args.requests, args.time_limit, args.rounds)
@@ -155,8 +152,8 @@ def main(argv: list[str] | None = None) -> int:
         ray.shutdown()
     name = "bundled:tiny (smoke)" if args.smoke else args.model
     body = (
-        f"### Served (torch) vs in-process encode\n\n`{name}` served by serve/app.py on a private Ray: one replica "
-        f"with all {os.cpu_count()} CPUs, HAProxy ingress, loopback; each level at most {args.requests} requests "
+        f"### Served (torch) vs in-process encode\n\n`{name}` served by serve/app.py on a private Ray: {os.cpu_count()} "
+        f"replicas of 1 CPU (one torch thread each), HAProxy ingress, loopback; each level at most {args.requests} requests "
         f"or {args.time_limit:g} s per round, {args.rounds} rounds. Each round serves the load, then encodes the same "
         f"texts in-process at batch = clients (best of 3); ratio = the median over rounds of served req/s / "
         f"in-process texts/s; req/s and in-process texts/s are medians, latencies pool every round.\n\n"

@@ -10,7 +10,8 @@ level runs ``--rounds`` rounds, each the served load followed by a plain in-proc
 p50/p95/p99 latency, the batch size the server achieved (from every response's X-Batch-Size,
 so the batches of all replicas count), and the median of the per-round ratios (pairing the
 two in time keeps a busy moment on a shared machine from tilting the ratio). ``--start``
-deploys the model itself (one replica, all CPUs) and stops it after.
+deploys the model itself (one 1-CPU replica per core, see serve.app.per_core_options) and
+stops it after.
 """
 
 from __future__ import annotations
@@ -251,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
     parser.add_argument("--model", required=True, help="the served model, loaded in-process for the comparison")
-    parser.add_argument("--start", action="store_true", help="deploy --model first (1 replica, all CPUs), stop after")
+    parser.add_argument("--start", action="store_true", help="deploy --model first (a 1-CPU replica per core), stop after")
     parser.add_argument("--clients", default="1,16", help="comma-separated concurrency levels")
     parser.add_argument("--requests", type=at_least_one, default=400, help="requests per round (bound)")
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
@@ -271,13 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.start:
         from ray import serve
 
-        from serve.app import ServeArgs, deployment_options, start, wait_healthy
+        from serve.app import ServeArgs, per_core_options, start, wait_healthy
 
         port = urlparse(args.url).port or 8000
-        options = deployment_options()
-        options.pop("autoscaling_config", None)
-        options.update(num_replicas=1, ray_actor_options={"num_cpus": os.cpu_count() or 1})
-        start(ServeArgs(model=args.model), "127.0.0.1", port, options=options)
+        start(ServeArgs(model=args.model), "127.0.0.1", port, options=per_core_options())
         wait_healthy(args.url)
     try:
         results = [measure(args.url, model, int(c), args.requests, args.time_limit, args.rounds)
