@@ -169,7 +169,7 @@ def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
     return {}
 
 
-def per_core_options(cores: int | None = None) -> dict[str, Any]:
+def per_core_options() -> dict[str, Any]:
     """serve/config.yaml's deployment with a fixed count of 1-CPU replicas, one per core.
 
     The shape the load test's --start and benchmarks/serving.py measure on one machine. A
@@ -182,7 +182,7 @@ def per_core_options(cores: int | None = None) -> dict[str, Any]:
     """
     options = deployment_options()
     options.pop("autoscaling_config", None)
-    options.update(num_replicas=cores or os.cpu_count() or 1, ray_actor_options={"num_cpus": 1})
+    options.update(num_replicas=os.cpu_count() or 1, ray_actor_options={"num_cpus": 1})
     return options
 
 
