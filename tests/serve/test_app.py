@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -213,14 +214,51 @@ def test_autoscaling_goes_up_under_load_and_back_down(serve_url, tiny_model_path
     serve.delete("scaled")
 
 
+def own_serve_env() -> dict[str, str]:
+    """Environment for a second Serve (in a subprocess) next to this session's: HAProxy's files
+    and side ports must not collide (and a unix socket path must stay under 108 bytes, so no
+    deep pytest tmp_path)."""
+    short = tempfile.mkdtemp(prefix="hx", dir="/tmp")
+    return {**os.environ, "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short}/haproxy.cfg",
+            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short}/admin.sock",
+            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+
+
+def _raylets() -> set[int]:
+    found = subprocess.run(["pgrep", "-f", "ray/core/src/ray/raylet/raylet"], capture_output=True, text=True)
+    return {int(pid) for pid in found.stdout.split()}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_serve_and_the_ray_it_started(tiny_model_path):
+    before = _raylets()
+    port = free_port()
+    # SIG_DFL: a child of a non-interactive shell may inherit SIGINT ignored.
+    child = subprocess.Popen(
+        [sys.executable, "serve/app.py", "--model", str(tiny_model_path), "--port", str(port)], cwd=REPO,
+        env=own_serve_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        lines = []
+        for line in child.stdout:  # ends if the child dies first
+            lines.append(line)
+            if line.startswith("serving "):
+                break
+        assert lines and lines[-1].startswith("serving "), "".join(lines)[-3000:]
+        assert post(f"http://127.0.0.1:{port}", {"input": "a"}).status_code == 200
+        child.send_signal(signal.SIGINT)
+        rest = child.communicate(timeout=120)[0]
+    finally:
+        child.kill()
+    assert child.returncode == 0, rest[-3000:]
+    assert "shutting down" in rest
+    assert _raylets() <= before, "the Ray that serve/app.py started is still running"
+
+
 def test_loadtest_smoke(tiny_model_path):
     port = free_port()
-    # Its own Serve next to this session's: HAProxy's files and side ports must not collide
-    # (and a unix socket path must stay under 108 bytes, so no deep pytest tmp_path).
-    short = tempfile.mkdtemp(prefix="hx", dir="/tmp")
-    env = {**os.environ, "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short}/haproxy.cfg",
-           "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short}/admin.sock",
-           "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    env = own_serve_env()
     done = subprocess.run(
         [sys.executable, "serve/loadtest.py", "--model", str(tiny_model_path), "--start", "--url",
          f"http://127.0.0.1:{port}", "--clients", "1,4", "--requests", "24", "--time-limit", "30",
