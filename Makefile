@@ -17,7 +17,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.setup-stamp
 
-.PHONY: setup test-deps run train test clean
+.PHONY: setup test-deps lint run train test clean
 
 setup: $(STAMP)
 
@@ -53,7 +53,12 @@ test-deps:
 		fi; \
 	fi
 
-test: setup test-deps
+# ruff: the formatter's layout and the linter's rules of pyproject.toml, on every file.
+lint: setup
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff check .
+
+test: lint test-deps
 	$(PY) -m pytest tests $(ARGS)
 
 clean:

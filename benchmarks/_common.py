@@ -14,8 +14,6 @@ from importlib import metadata
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
 
 PACKAGES = ("torch", "sentence-transformers", "transformers", "ray", "optuna", "wandb")
 RESULTS = REPO / "benchmarks" / "results"
@@ -74,7 +72,10 @@ class Contention:
             except (OSError, IndexError):
                 continue
             # fields[1] is the parent pid; fields[11], fields[12] are utime, stime in ticks.
-            stats[int(entry.name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / self._tick)
+            stats[int(entry.name)] = (
+                int(fields[1]),
+                (int(fields[11]) + int(fields[12])) / self._tick,
+            )
         ours = {os.getpid()}
         changed = True
         while changed:  # descendants: Ray's raylet and workers, subprocesses
@@ -100,7 +101,8 @@ class Contention:
         note = " (contended: read these figures with care)" if share > 0.10 else ""
         return (
             f"- other processes on this machine used {self.other_cpu_s:.0f} CPU-s during the run, "
-            f"{share:.0%} of its {cores} cores{note}; this benchmark used {self.ours_cpu_s:.0f} CPU-s\n"
+            f"{share:.0%} of its {cores} cores{note}; this benchmark used {self.ours_cpu_s:.0f} "
+            "CPU-s\n"
         )
 
 
@@ -108,18 +110,31 @@ CONTENTION = Contention() if Path("/proc/stat").exists() else None
 
 
 def code_version() -> str:
-    """The commit the benchmark ran from, and any tracked file changed since (they shape the figures)."""
+    """The commit the benchmark ran from, and any tracked file changed since (they shape the
+    figures)."""
     import subprocess
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=30).stdout.strip()
-        changed = subprocess.run(["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                                 capture_output=True, text=True, timeout=30).stdout.split("\n")
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "--no-optional-locks", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout.split("\n")
     except (OSError, subprocess.TimeoutExpired):
         return "not a git checkout"
     changed = [line[3:] for line in changed if line.strip()]
-    return f"git {commit or '?'}" + (f" with uncommitted changes to {', '.join(changed)}" if changed else "")
+    return f"git {commit or '?'}" + (
+        f" with uncommitted changes to {', '.join(changed)}" if changed else ""
+    )
 
 
 CODE = code_version()  # at start: the code that ran, not what changed while it ran
@@ -133,16 +148,21 @@ def environment() -> str:
         except metadata.PackageNotFoundError:
             pass
     return (
-        f"- date: {dt.datetime.now(dt.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}\n"
-        f"- machine: {os.cpu_count()} CPUs ({cpu_name()}), {platform.system()} {platform.release()}\n"
+        f"- date: {dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')}\n"
+        f"- machine: {os.cpu_count()} CPUs ({cpu_name()}), {platform.system()} "
+        f"{platform.release()}\n"
         f"- python {platform.python_version()}; {', '.join(versions)}\n"
         f"- code: {CODE}\n"
     )
 
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--smoke", action="store_true", help="tiny random model and data: seconds (CI runs this)")
-    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results (a temp dir with --smoke)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="tiny random model and data: seconds (CI runs this)"
+    )
+    parser.add_argument(
+        "--results-dir", default=None, help="default: benchmarks/results (a temp dir with --smoke)"
+    )
 
 
 def results_dir(args: argparse.Namespace, smoke_dir: str | Path) -> Path:
@@ -150,8 +170,11 @@ def results_dir(args: argparse.Namespace, smoke_dir: str | Path) -> Path:
     return Path(args.results_dir or (smoke_dir if args.smoke else RESULTS))
 
 
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None) -> str:
-    """A Markdown table; ``align`` is one character per column, 'l' or 'r' (default: text left, rest right)."""
+def markdown_table(
+    headers: Sequence[str], rows: Sequence[Sequence[object]], align: str | None = None
+) -> str:
+    """A Markdown table; ``align`` is one character per column, 'l' or 'r' (default: text
+    left, the rest right)."""
     align = align or "l" + "r" * (len(headers) - 1)
     rule = "|" + "|".join("---" if a == "l" else "---:" for a in align) + "|"
     lines = ["| " + " | ".join(headers) + " |", rule]

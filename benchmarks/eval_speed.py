@@ -15,23 +15,26 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, results_dir, write_results  # noqa: E402
+from _common import add_common_args, results_dir, write_results
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="bundled:minilm", help="model spec, as in trainers' config")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model", default="bundled:minilm", help="model spec, as in trainers' config"
+    )
     parser.add_argument("--dims", default="384,256,128,64", help="Matryoshka dims, largest first")
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
-    parser.add_argument("--corpus", type=int, default=5000, help="held-out pairs whose passages form the corpus")
+    parser.add_argument(
+        "--corpus", type=int, default=5000, help="held-out pairs whose passages form the corpus"
+    )
     parser.add_argument("--max-seq-length", type=int, default=128)
     add_common_args(parser)
     args = parser.parse_args(argv)
 
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.evaluation import SequentialEvaluator
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 
@@ -43,12 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     dims = [int(d) for d in args.dims.split(",")]
     tmp = tempfile.TemporaryDirectory()
     if args.smoke:
-        from trainers.tiny import build_tiny_model
-
-        model = SentenceTransformer(str(build_tiny_model(Path(tmp.name))), device="cpu")
-        args.queries, args.corpus = 50, 200
-    else:
-        model = load_model(args.model, args.max_seq_length)
+        args.model, args.queries, args.corpus = "bundled:tiny", 50, 200
+    model = load_model(args.model, args.max_seq_length)
     split = load_split(TrainConfig(eval_size=args.corpus, max_pairs=8))
     queries, corpus, relevant = ir_task(split.test, args.queries, seed=42)
     print(f"{len(queries)} queries, {len(corpus)} passages, dims {dims}")
@@ -59,13 +58,21 @@ def main(argv: list[str] | None = None) -> int:
         )(model)
 
     def sequential():
-        return SequentialEvaluator([
-            InformationRetrievalEvaluator(
-                queries, corpus, relevant, truncate_dim=d, name=f"dim_{d}", batch_size=64,
-                show_progress_bar=True, write_csv=False,
-            )
-            for d in dims
-        ])(model)
+        return SequentialEvaluator(
+            [
+                InformationRetrievalEvaluator(
+                    queries,
+                    corpus,
+                    relevant,
+                    truncate_dim=d,
+                    name=f"dim_{d}",
+                    batch_size=64,
+                    show_progress_bar=True,
+                    write_csv=False,
+                )
+                for d in dims
+            ]
+        )(model)
 
     timings, metrics = {}, {}
     for name, run in (("encode-once (ours)", ours), ("SequentialEvaluator", sequential)):
@@ -81,9 +88,15 @@ def main(argv: list[str] | None = None) -> int:
         f"model `{'tiny random (smoke)' if args.smoke else args.model}`, dims {dims}.\n\n"
         "| evaluator | wall time (s) |\n|---|---:|\n"
         + "".join(f"| {name} | {seconds:.1f} |\n" for name, seconds in timings.items())
-        + f"\n**speed-up: {ratio:.2f}x**; largest difference over {len(shared)} metrics: {max_diff:.2e}\n"
+        + f"\n**speed-up: {ratio:.2f}x**; largest difference over {len(shared)} metrics: "
+        f"{max_diff:.2e}\n"
     )
-    write_results(results_dir(args, tmp.name), "eval_speed", "Evaluation speed: encode once vs per-dim re-encode", body)
+    write_results(
+        results_dir(args, tmp.name),
+        "eval_speed",
+        "Evaluation speed: encode once vs per-dim re-encode",
+        body,
+    )
     return 0 if max_diff <= 1e-6 else 1
 
 

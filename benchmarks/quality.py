@@ -1,6 +1,6 @@
 """Quality: the base model vs the seed recipe vs the sweep's best, at every Matryoshka dim.
 
-    python benchmarks/quality.py                     # --sweep runs/local (run `python sweeps/run.py` first)
+    python benchmarks/quality.py                     # --sweep runs/local (run a sweep first)
     python benchmarks/quality.py --sweep runs/try2   # another finished sweep
     python benchmarks/quality.py --smoke --sweep DIR # tiny random model, seconds (CI runs this)
 
@@ -33,29 +33,31 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, add_common_args, markdown_table, results_dir, write_results  # noqa: E402
+from _common import REPO, add_common_args, markdown_table, results_dir, write_results
 
-SEED_RECIPE = {"learning_rate": 2e-5, "batch_size": 32, "epochs": 4, "matryoshka_weights": None}
-TUNED_KEYS = ("learning_rate", "batch_size", "epochs", "matryoshka_weights")
+from trainers.config import SEED_RECIPE, Recipe
+
+TUNED_KEYS = tuple(Recipe.model_fields)  # learning_rate, batch_size, epochs, matryoshka_weights
 
 
 def best_config(sweep: Path):
     """The sweep's best trial's training config (from best/metrics.json)."""
-    from trainers.config import from_dict
+    from trainers.config import TrainConfig, parse
 
     path = sweep / "best" / "metrics.json"
     if not path.is_file():
-        raise SystemExit(f"error: {path} does not exist: run a sweep first (python sweeps/run.py), or pass --sweep")
-    return from_dict(json.loads(path.read_text())["config"])
+        raise SystemExit(
+            f"error: {path} does not exist: run a sweep first (python sweeps/run.py), or pass "
+            "--sweep"
+        )
+    return parse(TrainConfig, json.loads(path.read_text())["config"])
 
 
 def held_out_split(config, min_passages: int):
-    """The smallest seeded group split whose held-out side has >= ``min_passages`` distinct passages."""
-    from trainers.data import clean_pairs, read_rows, split_pairs
+    """The smallest seeded group split whose held-out side has >= ``min_passages`` passages."""
+    from trainers.data import load_pairs, split_pairs
 
-    rows, group_column = read_rows(config)
-    pairs, _ = clean_pairs(rows, config.query_column, config.passage_column, group_column)
+    pairs, _ = load_pairs(config)
     size = min_passages
     while True:
         train, test = split_pairs(pairs, size, config.seed)
@@ -65,10 +67,19 @@ def held_out_split(config, min_passages: int):
         size += min_passages - passages
 
 
-def job(label: str, base, recipe: dict | None, train_file: Path, out: Path, max_pairs: int, task: tuple,
-        threads: int) -> dict:
-    """Fine-tune ``base`` with ``recipe`` on the benchmark's train split (None: keep the base model),
-    then evaluate it on the held-out task. Runs in a worker process with ``threads`` torch threads."""
+def job(
+    label: str,
+    base,
+    recipe: dict | None,
+    train_file: Path,
+    out: Path,
+    max_pairs: int,
+    task: tuple,
+    threads: int,
+) -> dict:
+    """Fine-tune ``base`` with ``recipe`` on the benchmark's train split (None: keep the base
+    model), then evaluate it on the held-out task. Runs in a worker process with ``threads``
+    torch threads."""
     import torch
     from sentence_transformers import SentenceTransformer
 
@@ -82,19 +93,31 @@ def job(label: str, base, recipe: dict | None, train_file: Path, out: Path, max_
         model = load_model(base.model, base.max_seq_length)
     else:
         config = base.replace(
-            **recipe, data=str(train_file), group_column="group", max_pairs=max_pairs,
+            **recipe,
+            data=str(train_file),
+            group_column="group",
+            max_pairs=max_pairs,
             # The trainer's own held-out set is a sliver of the train side (the benchmark's test
             # split stays unseen); no best-epoch pick: the last epoch is the model.
-            eval_size=32, eval_max_queries=32, load_best_model_at_end=False, output_dir=str(out),
+            eval_size=32,
+            eval_max_queries=32,
+            load_best_model_at_end=False,
+            output_dir=str(out),
         )
-        print(f"--- training {label}: {[f'{k}={getattr(config, k)}' for k in TUNED_KEYS]}", flush=True)
+        print(
+            f"--- training {label}: {[f'{k}={getattr(config, k)}' for k in TUNED_KEYS]}", flush=True
+        )
         result = train(config, baseline={})  # baseline={}: no baseline evaluation of the sliver
         train_s = result.seconds
         model = SentenceTransformer(str(out), device="cpu")
     print(f"--- evaluating {label}", flush=True)
     queries, corpus, relevant = task
     evaluator = MatryoshkaInformationRetrievalEvaluator(
-        queries, corpus, relevant, matryoshka_dims=base.matryoshka_dims, batch_size=base.eval_batch_size,
+        queries,
+        corpus,
+        relevant,
+        matryoshka_dims=base.matryoshka_dims,
+        batch_size=base.eval_batch_size,
     )
     started = time.perf_counter()
     metrics = evaluator(model)
@@ -102,11 +125,24 @@ def job(label: str, base, recipe: dict | None, train_file: Path, out: Path, max_
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sweep", default=str(REPO / "runs" / "local"), help="a finished sweep's folder (runs/<name>)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--sweep",
+        default=str(REPO / "runs" / "local"),
+        help="a finished sweep's folder (runs/<name>)",
+    )
     parser.add_argument("--queries", type=int, default=1000, help="held-out queries")
-    parser.add_argument("--corpus", type=int, default=10000, help="at least this many held-out passages")
-    parser.add_argument("--workers", type=int, default=2, help="models trained/evaluated at once (1 = one at a time, all cores)")
+    parser.add_argument(
+        "--corpus", type=int, default=10000, help="at least this many held-out passages"
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="models trained/evaluated at once (1 = one at a time, all cores)",
+    )
     add_common_args(parser)
     args = parser.parse_args(argv)
 
@@ -120,19 +156,31 @@ def main(argv: list[str] | None = None) -> int:
         best = best.replace(model="bundled:tiny", max_seq_length=32)
         args.queries, args.corpus, max_pairs = 50, 200, 32
     if max_pairs is None:
-        raise SystemExit(f"error: the sweep in {sweep} trained on every pair (max_pairs null): too big a budget here")
+        raise SystemExit(
+            f"error: the sweep in {sweep} trained on every pair (max_pairs null): too big a budget "
+            "here"
+        )
 
     train, test = held_out_split(best, args.corpus)
     shared = {p.group for p in train} & {p.group for p in test}
     if shared:
-        raise SystemExit(f"error: {len(shared)} packages on both sides of the split, e.g. {sorted(shared)[:3]}")
+        raise SystemExit(
+            f"error: {len(shared)} packages on both sides of the split, e.g. {sorted(shared)[:3]}"
+        )
     train_file = Path(tmp.name) / "train.jsonl"
-    train_file.write_text("".join(
-        json.dumps({"anchor": p.query, "positive": p.passage, "group": p.group}) + "\n" for p in train
-    ))
+    train_file.write_text(
+        "".join(
+            json.dumps({"anchor": p.query, "positive": p.passage, "group": p.group}) + "\n"
+            for p in train
+        )
+    )
     queries, corpus, relevant = ir_task(test, args.queries, best.seed)
-    print(f"held out: {len(test)} pairs of {len({p.group for p in test})} packages -> {len(queries)} queries, "
-          f"{len(corpus)} passages; training side: {len(train)} pairs, {max_pairs} used per model", flush=True)
+    print(
+        f"held out: {len(test)} pairs of {len({p.group for p in test})} packages -> {len(queries)} "
+        "queries, "
+        f"{len(corpus)} passages; training side: {len(train)} pairs, {max_pairs} used per model",
+        flush=True,
+    )
 
     # The fine-tunes run side by side with one core each, as the sweep's trials do (and one
     # thread per process copes far better than two with a busy neighbour); base goes last.
@@ -140,26 +188,53 @@ def main(argv: list[str] | None = None) -> int:
     threads = 1 if workers > 1 else (os.cpu_count() or 1)
     task = (queries, corpus, relevant)
     plans = {
-        "seed recipe": SEED_RECIPE,
+        "seed recipe": SEED_RECIPE.model_dump(),
         "sweep's best": {k: getattr(best, k) for k in TUNED_KEYS},
         "base": None,
     }
     context = multiprocessing.get_context("spawn")  # fresh torch in each worker
     with ProcessPoolExecutor(workers, mp_context=context) as pool:
         futures = {
-            label: pool.submit(job, label, best, recipe, train_file, Path(tmp.name) / f"model-{i}", max_pairs, task,
-                               threads)
+            label: pool.submit(
+                job,
+                label,
+                best,
+                recipe,
+                train_file,
+                Path(tmp.name) / f"model-{i}",
+                max_pairs,
+                task,
+                threads,
+            )
             for i, (label, recipe) in enumerate(plans.items())
         }
         runs = {label: futures[label].result() for label in ("base", "seed recipe", "sweep's best")}
 
-    body = report(args, sweep, best, runs, len(queries), len(corpus), len(test), len(train), max_pairs,
-                  workers, threads)
-    write_results(results_dir(args, tmp.name), "quality", "Quality: base vs seed recipe vs the sweep's best", body)
+    body = report(
+        args,
+        sweep,
+        best,
+        runs,
+        len(queries),
+        len(corpus),
+        len(test),
+        len(train),
+        max_pairs,
+        workers,
+        threads,
+    )
+    write_results(
+        results_dir(args, tmp.name),
+        "quality",
+        "Quality: base vs seed recipe vs the sweep's best",
+        body,
+    )
     return 0
 
 
-def report(args, sweep, best, runs, n_queries, n_corpus, n_test, n_train, max_pairs, workers, threads) -> str:
+def report(
+    args, sweep, best, runs, n_queries, n_corpus, n_test, n_train, max_pairs, workers, threads
+) -> str:
     labels = list(runs)
     dims = list(best.matryoshka_dims)
     full, small = dims[0], dims[-1]
@@ -169,34 +244,68 @@ def report(args, sweep, best, runs, n_queries, n_corpus, n_test, n_train, max_pa
 
     def per_dim(name: str) -> str:
         rows = [[dim] + [f"{value(label, dim, name):.4f}" for label in labels] for dim in dims]
-        return markdown_table(["dim"] + [f"{label} {name.upper()}" for label in labels], rows, "r" * (len(labels) + 1))
+        return markdown_table(
+            ["dim"] + [f"{label} {name.upper()}" for label in labels], rows, "r" * (len(labels) + 1)
+        )
 
-    retention = {label: value(label, small, "map@100") / value(label, full, "map@100") for label in labels}
+    retention = {
+        label: value(label, small, "map@100") / value(label, full, "map@100") for label in labels
+    }
     target = value("base", full, "map@100")
     tuned = value("sweep's best", small, "map@100")
     seed_small = value("seed recipe", small, "map@100")
-    tuned_full, seed_full = value("sweep's best", full, "map@100"), value("seed recipe", full, "map@100")
-    recipe = ", ".join(f"{k} {getattr(best, k) if k != 'matryoshka_weights' else [round(w, 3) for w in best.weights]}"
-                       for k in TUNED_KEYS)
+    tuned_full, seed_full = (
+        value("sweep's best", full, "map@100"),
+        value("seed recipe", full, "map@100"),
+    )
+    recipe = ", ".join(
+        f"{k} {[round(w, 3) for w in best.weights] if k == 'matryoshka_weights' else getattr(best, k)}"  # noqa: E501
+        for k in TUNED_KEYS
+    )
     return (
         f"Model `{'bundled:tiny (smoke)' if args.smoke else best.model}`; sweep `{sweep}` "
         f"(best trial's recipe: {recipe}).\n"
-        f"Held out: {n_queries} queries against {n_corpus} passages, from {n_test} pairs of whole packages (seeded "
-        f"split; no package on both sides, checked). Each fine-tune: {max_pairs} pairs drawn (seed {best.seed}) "
-        f"from the other {n_train}, the sweep's budget, {best.max_seq_length} tokens, last epoch kept. "
+        f"Held out: {n_queries} queries against {n_corpus} passages, from {n_test} pairs of whole "
+        "packages (seeded "
+        f"split; no package on both sides, checked). Each fine-tune: {max_pairs} pairs drawn (seed "
+        f"{best.seed}) "
+        f"from the other {n_train}, the sweep's budget, {best.max_seq_length} tokens, last epoch "
+        "kept. "
         f"{workers} worker process(es) with {threads} torch thread(s) each.\n\n"
-        "MAP@100:\n\n" + per_dim("map@100")
-        + "\nNDCG@10:\n\n" + per_dim("ndcg@10")
+        "MAP@100:\n\n"
+        + per_dim("map@100")
+        + "\nNDCG@10:\n\n"
+        + per_dim("ndcg@10")
         + f"\nMatryoshka retention (MAP@100 at dim {small} / MAP@100 at dim {full}):\n\n"
-        + markdown_table(["model", "retention", f"MAP@100 at {small}", f"MAP@100 at {full}", "training s", "evaluation s"], [
-            [label, f"{retention[label]:.3f}", f"{value(label, small, 'map@100'):.4f}",
-             f"{value(label, full, 'map@100'):.4f}", f"{runs[label]['train_s']:.0f}", f"{runs[label]['eval_s']:.0f}"]
-            for label in labels
-        ])
-        + f"\nTarget (the sweep's best at dim {small} matches or beats the base model at full dim {full}): "
-        f"{tuned:.4f} vs {target:.4f}, ratio {tuned / target:.3f}: **{'met' if tuned >= target else 'not met'}**.\n"
-        f"The seed recipe at dim {small}: {seed_small:.4f}, ratio {seed_small / target:.3f} to the base at full dim.\n"
-        f"Sweep's best / seed recipe, MAP@100 at dim {full}: {tuned_full / seed_full:.3f}; at dim {small}: "
+        + markdown_table(
+            [
+                "model",
+                "retention",
+                f"MAP@100 at {small}",
+                f"MAP@100 at {full}",
+                "training s",
+                "evaluation s",
+            ],
+            [
+                [
+                    label,
+                    f"{retention[label]:.3f}",
+                    f"{value(label, small, 'map@100'):.4f}",
+                    f"{value(label, full, 'map@100'):.4f}",
+                    f"{runs[label]['train_s']:.0f}",
+                    f"{runs[label]['eval_s']:.0f}",
+                ]
+                for label in labels
+            ],
+        )
+        + f"\nTarget (the sweep's best at dim {small} matches or beats the base model at full dim "
+        f"{full}): "
+        f"{tuned:.4f} vs {target:.4f}, ratio {tuned / target:.3f}: "
+        f"**{'met' if tuned >= target else 'not met'}**.\n"
+        f"The seed recipe at dim {small}: {seed_small:.4f}, ratio {seed_small / target:.3f} to the "
+        "base at full dim.\n"
+        f"Sweep's best / seed recipe, MAP@100 at dim {full}: {tuned_full / seed_full:.3f}; at dim "
+        f"{small}: "
         f"{tuned / seed_small:.3f}.\n"
     )
 

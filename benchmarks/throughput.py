@@ -1,6 +1,6 @@
 """Trial throughput: training pairs/s of the default training config on this machine.
 
-    python benchmarks/throughput.py              # bundled MiniLM, trainers/configs/default.yaml (~10 min on 2 CPUs)
+    python benchmarks/throughput.py              # MiniLM, trainers/configs/default.yaml (~10 min)
     python benchmarks/throughput.py --pairs 4000 # more steps, steadier figure
     python benchmarks/throughput.py --smoke      # tiny random model, seconds (CI runs this)
 
@@ -26,8 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import add_common_args, device_name, markdown_table, results_dir, write_results  # noqa: E402
+from _common import add_common_args, device_name, markdown_table, results_dir, write_results
 
 
 def train_rate(config) -> tuple[float, object]:
@@ -75,12 +74,23 @@ def encode_rate(config) -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help="trainers YAML (default: trainers/configs/default.yaml)")
-    parser.add_argument("--pairs", type=int, default=None,
-                        help="training pairs, one epoch (default: 960 on a CPU, 20000 on a GPU)")
-    parser.add_argument("--model", default=None,
-                        help="model to train instead of the config's (a local folder, e.g. a copy of bundled:minilm)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", default=None, help="trainers YAML (default: trainers/configs/default.yaml)"
+    )
+    parser.add_argument(
+        "--pairs",
+        type=int,
+        default=None,
+        help="training pairs, one epoch (default: 960 on a CPU, 20000 on a GPU)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model to train instead of the config's (a local folder, e.g. a bundled:minilm copy)",
+    )
     parser.add_argument("--no-single-thread", action="store_true", help="skip the 1-thread CPU run")
     add_common_args(parser)
     args = parser.parse_args(argv)
@@ -93,9 +103,13 @@ def main(argv: list[str] | None = None) -> int:
     cuda = torch.cuda.is_available()
     tmp = tempfile.TemporaryDirectory()
     overrides = {
-        "max_pairs": args.pairs or (20000 if cuda else 960), "epochs": 1, "load_best_model_at_end": False,
+        "max_pairs": args.pairs or (20000 if cuda else 960),
+        "epochs": 1,
+        "load_best_model_at_end": False,
         # A tiny held-out set: the trainer evaluates after the epoch, outside the timed part.
-        "eval_size": 64, "eval_max_queries": 32, "output_dir": str(Path(tmp.name) / "model"),
+        "eval_size": 64,
+        "eval_max_queries": 32,
+        "output_dir": str(Path(tmp.name) / "model"),
     }
     if args.smoke:
         overrides.update(model="bundled:tiny", max_pairs=64, max_seq_length=32)
@@ -114,55 +128,104 @@ def main(argv: list[str] | None = None) -> int:
         train_rate(config.replace(max_pairs=640, output_dir=str(Path(tmp.name) / "warm-up")))
     rate, result = train_rate(config)
     workers = dataloader_workers(config.dataloader_workers)
-    rows.append(("training", device, precision, config.batch_size, f"{rate:.2f}", "1.00x", peak_gib()))
+    rows.append(
+        ("training", device, precision, config.batch_size, f"{rate:.2f}", "1.00x", peak_gib())
+    )
     tf32_after = tf32_state() if cuda else None
     if cuda:
         # Side by side on the GPU: what bf16 buys over fp32 (TF32 stays on, as the trainer sets
         # it on any Ampere+ GPU), fp16, and a batch that fills an H100 better than 32.
-        for label, change in (("fp32 + TF32", {"precision": "fp32"}), ("fp16", {"precision": "fp16"}),
-                              ("batch 128", {"batch_size": 128}),
-                              ("fp32 + TF32, batch 128", {"precision": "fp32", "batch_size": 128}),
-                              ("no dataloader workers", {"dataloader_workers": 0})):
-            variant = config.replace(output_dir=str(Path(tmp.name) / f"model-{len(rows)}"), **change)
+        for label, change in (
+            ("fp32 + TF32", {"precision": "fp32"}),
+            ("fp16", {"precision": "fp16"}),
+            ("batch 128", {"batch_size": 128}),
+            ("fp32 + TF32, batch 128", {"precision": "fp32", "batch_size": 128}),
+            ("no dataloader workers", {"dataloader_workers": 0}),
+        ):
+            variant = config.replace(
+                output_dir=str(Path(tmp.name) / f"model-{len(rows)}"), **change
+            )
             other, _ = train_rate(variant)
             name = "bf16" if variant.precision == "auto" and flags["bf16"] else variant.precision
-            rows.append((f"training, {label}", device, name, variant.batch_size, f"{other:.2f}",
-                         f"{other / rate:.2f}x", peak_gib()))
+            rows.append(
+                (
+                    f"training, {label}",
+                    device,
+                    name,
+                    variant.batch_size,
+                    f"{other:.2f}",
+                    f"{other / rate:.2f}x",
+                    peak_gib(),
+                )
+            )
     encode = encode_rate(config)
-    rows.append(("encode only (no gradients)", device, "fp32", config.batch_size, f"{encode:.2f}",
-                 f"{encode / rate:.2f}x", "-"))
+    rows.append(
+        (
+            "encode only (no gradients)",
+            device,
+            "fp32",
+            config.batch_size,
+            f"{encode:.2f}",
+            f"{encode / rate:.2f}x",
+            "-",
+        )
+    )
     single = None
     if not torch.cuda.is_available() and not args.no_single_thread and threads > 1:
         torch.set_num_threads(1)
         single, _ = train_rate(config.replace(output_dir=str(Path(tmp.name) / "model-1")))
         torch.set_num_threads(threads)
-        rows.append(("training, 1 torch thread (one sweep trial's share)", f"CPU: 1 of {threads} threads",
-                     precision, config.batch_size, f"{single:.2f}", f"{single / rate:.2f}x", "-"))
+        rows.append(
+            (
+                "training, 1 torch thread (one sweep trial's share)",
+                f"CPU: 1 of {threads} threads",
+                precision,
+                config.batch_size,
+                f"{single:.2f}",
+                f"{single / rate:.2f}x",
+                "-",
+            )
+        )
 
     body = (
         f"{'tiny random model (smoke)' if args.smoke else config.model}, "
-        f"{'the smoke config' if args.smoke else 'trainers/configs/default.yaml'}: {result.train_pairs} pairs, "
-        f"1 epoch, batch {config.batch_size}, {config.max_seq_length} tokens, dims {list(config.matryoshka_dims)}, "
+        f"{'the smoke config' if args.smoke else 'trainers/configs/default.yaml'}: "
+        f"{result.train_pairs} pairs, "
+        f"1 epoch, batch {config.batch_size}, {config.max_seq_length} tokens, dims "
+        f"{list(config.matryoshka_dims)}, "
         f"loss MatryoshkaLoss({config.loss}); device **{device}**"
         f"{'' if cuda else ' (no GPU was available for this run: CPU only)'}.\n\n"
-        + markdown_table(("what", "device", "precision", "batch", "pairs/s", "vs training", "peak GPU GiB"),
-                         rows, "lllrrrr")
-        + f"\nTraining: **{rate:.2f} pairs/s** ({result.train_seconds:.1f} s for {result.train_pairs} pairs, "
+        + markdown_table(
+            ("what", "device", "precision", "batch", "pairs/s", "vs training", "peak GPU GiB"),
+            rows,
+            "lllrrrr",
+        )
+        + f"\nTraining: **{rate:.2f} pairs/s** ({result.train_seconds:.1f} s for "
+        f"{result.train_pairs} pairs, "
         "timed by the trainer around its training epochs: data loading and steps, no evaluation).\n"
-        f"Encoding the same pairs (query + passage, no gradients) runs {encode / rate:.1f}x faster than training them.\n"
+        f"Encoding the same pairs (query + passage, no gradients) runs {encode / rate:.1f}x faster "
+        "than training them.\n"
     )
     if cuda:
         body += (
             f"Trainer flags of the default run: bf16={flags['bf16']}, tf32={flags.get('tf32')}, "
-            f"optim={flags.get('optim')}, dataloader workers={workers}; TF32 for matmuls in torch after training: {tf32_after}.\n"
+            f"optim={flags.get('optim')}, dataloader workers={workers}; TF32 for matmuls in torch "
+            f"after training: {tf32_after}.\n"
         )
     if single is not None:
         body += (
-            f"With one thread training runs at {single / rate:.2f}x the {threads}-thread rate, so two 1-CPU trials "
-            f"side by side (the default sweep) train up to {2 * single / rate:.2f}x as many pairs per second "
+            f"With one thread training runs at {single / rate:.2f}x the {threads}-thread rate, so "
+            "two 1-CPU trials "
+            f"side by side (the default sweep) train up to {2 * single / rate:.2f}x as many pairs "
+            "per second "
             "as one trial with all cores, if they do not slow each other down.\n"
         )
-    write_results(results_dir(args, tmp.name), "throughput-gpu" if cuda else "throughput", "Trial throughput: training pairs/s", body)
+    write_results(
+        results_dir(args, tmp.name),
+        "throughput-gpu" if cuda else "throughput",
+        "Trial throughput: training pairs/s",
+        body,
+    )
     return 0
 
 

@@ -3,7 +3,8 @@
 No Ray here: request parsing and validation, the response shape, and the one table that
 maps every error kind to its HTTP status, in OpenAI's error envelope:
 
-    {"error": {"message": "...", "type": "invalid_request_error", "param": "dimensions", "code": null}}
+    {"error": {"message": "...", "type": "invalid_request_error", "param": "dimensions",
+               "code": null}}
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class ErrorKind(enum.Enum):
     TOO_MANY_INPUTS = (400, "invalid_request_error")
     UNAUTHORIZED = (401, "authentication_error")
     MODEL_NOT_FOUND = (404, "invalid_request_error")
+    NOT_FOUND = (404, "invalid_request_error")
     BODY_TOO_LARGE = (413, "invalid_request_error")
     OVERLOADED = (429, "rate_limit_error")
     INTERNAL = (500, "server_error")
@@ -45,8 +47,14 @@ class APIError(Exception):
         self.kind, self.message, self.param = kind, message, param
 
     def body(self) -> dict[str, Any]:
-        return {"error": {"message": self.message, "type": self.kind.type, "param": self.param,
-                          "code": self.kind.name.lower()}}
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.kind.type,
+                "param": self.param,
+                "code": self.kind.name.lower(),
+            }
+        }
 
 
 class EmbeddingRequest(BaseModel):
@@ -58,7 +66,9 @@ class EmbeddingRequest(BaseModel):
     model: str | None = None
     dimensions: int | None = None
     encoding_format: Literal["float", "base64"] = "float"
-    input_type: Literal["query", "document"] | None = None  # extension: "query" adds the query prompt
+    input_type: Literal["query", "document"] | None = (
+        None  # extension: "query" adds the query prompt
+    )
     user: str | None = None
 
     @field_validator("input", mode="before")
@@ -68,7 +78,9 @@ class EmbeddingRequest(BaseModel):
         # OpenAI also accepts token arrays, which this server does not.
         if isinstance(value, list) and any(not isinstance(v, str) for v in value):
             bad = next(i for i, v in enumerate(value) if not isinstance(v, str))
-            raise ValueError(f"input[{bad}] is {type(value[bad]).__name__}: every input must be a string")
+            raise ValueError(
+                f"input[{bad}] is {type(value[bad]).__name__}: every input must be a string"
+            )
         return value
 
     @property
@@ -76,11 +88,20 @@ class EmbeddingRequest(BaseModel):
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
 
-def parse_request(body: bytes, *, max_body_bytes: int, max_inputs: int, model_dim: int,
-                  served_names: tuple[str, ...]) -> EmbeddingRequest:
+def parse_request(
+    body: bytes,
+    *,
+    max_body_bytes: int,
+    max_inputs: int,
+    model_dim: int,
+    served_names: tuple[str, ...],
+) -> EmbeddingRequest:
     """Parse and check a request body, or raise APIError naming what is wrong."""
     if len(body) > max_body_bytes:
-        raise APIError(ErrorKind.BODY_TOO_LARGE, f"request body is {len(body)} bytes; the limit is {max_body_bytes}")
+        raise APIError(
+            ErrorKind.BODY_TOO_LARGE,
+            f"request body is {len(body)} bytes; the limit is {max_body_bytes}",
+        )
     try:
         payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -97,22 +118,36 @@ def parse_request(body: bytes, *, max_body_bytes: int, max_inputs: int, model_di
             message = f"'{param}' is required"
         elif first["type"] == "literal_error":
             message = f"{param}={first.get('input')!r}: {message}"
-        raise APIError(ErrorKind.INVALID_REQUEST, message, param=param.split(".")[0] if param else None) from None
+        raise APIError(
+            ErrorKind.INVALID_REQUEST, message, param=param.split(".")[0] if param else None
+        ) from None
     texts = request.texts
     if not texts:
-        raise APIError(ErrorKind.INVALID_REQUEST, "input is empty: give a string or a non-empty list of strings", "input")
+        raise APIError(
+            ErrorKind.INVALID_REQUEST,
+            "input is empty: give a string or a non-empty list of strings",
+            "input",
+        )
     if len(texts) > max_inputs:
-        raise APIError(ErrorKind.TOO_MANY_INPUTS, f"{len(texts)} inputs; at most {max_inputs} per request", "input")
+        raise APIError(
+            ErrorKind.TOO_MANY_INPUTS,
+            f"{len(texts)} inputs; at most {max_inputs} per request",
+            "input",
+        )
     empty = [i for i, t in enumerate(texts) if not t.strip()]
     if empty:
         raise APIError(ErrorKind.INVALID_REQUEST, f"input[{empty[0]}] is an empty string", "input")
     if request.dimensions is not None and not 1 <= request.dimensions <= model_dim:
         raise APIError(
-            ErrorKind.INVALID_REQUEST, f"dimensions={request.dimensions}: must be between 1 and {model_dim}", "dimensions"
+            ErrorKind.INVALID_REQUEST,
+            f"dimensions={request.dimensions}: must be between 1 and {model_dim}",
+            "dimensions",
         )
     if request.model is not None and request.model not in served_names:
         raise APIError(
-            ErrorKind.MODEL_NOT_FOUND, f"model {request.model!r} is not served here; use {served_names[0]!r}", "model"
+            ErrorKind.MODEL_NOT_FOUND,
+            f"model {request.model!r} is not served here; use {served_names[0]!r}",
+            "model",
         )
     return request
 
@@ -130,7 +165,9 @@ def _float_array(n: int) -> str:
     return "[" + ",".join(["%.9g"] * n) + "]"
 
 
-def render(embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int) -> bytes:
+def render(
+    embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int
+) -> bytes:
     """The response body as JSON bytes (OpenAI's shape).
 
     Floats are written with 9 significant digits, which gives back every float32 exactly, in
@@ -139,7 +176,10 @@ def render(embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, t
     core, next to the model.
     """
     if not np.isfinite(embeddings).all():
-        raise APIError(ErrorKind.INTERNAL, "the model produced a non-finite embedding (NaN or inf); check the model")
+        raise APIError(
+            ErrorKind.INTERNAL,
+            "the model produced a non-finite embedding (NaN or inf); check the model",
+        )
     items = []
     for i, vector in enumerate(embeddings):
         if request.encoding_format == "base64":
@@ -148,5 +188,7 @@ def render(embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, t
             encoded = _float_array(len(vector)) % tuple(vector.tolist())
         items.append('{"object":"embedding","index":%d,"embedding":%s}' % (i, encoded))
     usage = '{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens)
-    return ('{"object":"list","data":[%s],"model":%s,"usage":%s}'
-            % (",".join(items), json.dumps(model_name), usage)).encode()
+    return (
+        '{"object":"list","data":[%s],"model":%s,"usage":%s}'
+        % (",".join(items), json.dumps(model_name), usage)
+    ).encode()

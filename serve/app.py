@@ -1,8 +1,8 @@
 """An autoscaled Ray Serve embedding endpoint, OpenAI-compatible, with Matryoshka `dimensions`.
 
-    python serve/app.py --model runs/local/best            # foreground on 127.0.0.1:8000, Ctrl-C stops
+    python serve/app.py --model runs/local/best        # foreground on 127.0.0.1:8000, Ctrl-C stops
     python serve/app.py --model runs/local/best --host 0.0.0.0 --port 9000
-    serve run serve/config.yaml                            # the same app from the YAML (Serve's CLI)
+    serve run serve/config.yaml                        # the same app from the YAML (Serve's CLI)
 
     curl -s 127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
         -d '{"input": ["a text editor"], "dimensions": 64}'
@@ -28,7 +28,8 @@ import numpy as np
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from starlette.exceptions import HTTPException
 
 # Serve's HAProxy ingress instead of its Python HTTP proxy: on a 2-core machine a no-op Serve
 # app went from 59 to 348 requests/s at 16 clients with it (see README, Serving). Serve reads
@@ -37,29 +38,34 @@ from pydantic import BaseModel, ConfigDict, Field
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 from ray import serve  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python serve/app.py` from a checkout
-    sys.path.insert(0, str(REPO))
-
 from serve.api import APIError, ErrorKind, parse_request, render, truncate  # noqa: E402
+from trainers import cli  # noqa: E402
+from trainers.config import Config, parse  # noqa: E402
+from trainers.errors import ModelError  # noqa: E402
 
 logger = logging.getLogger("serve")
 CONFIG = Path(__file__).resolve().parent / "config.yaml"
 
 
-class ServeArgs(BaseModel):
+class ServeArgs(Config):
     """The app's typed arguments (`args:` in serve/config.yaml, or the CLI flags)."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
-
-    model: str = Field(description="sentence-transformers folder, its URI (s3://.../best), or bundled:minilm")
-    name: str | None = Field(None, description="model name clients send; default: the folder's name")
-    query_prompt: str | None = Field(None, description="prompt for input_type=query; default: the model's own")
+    model: str = Field(
+        description="sentence-transformers folder, its URI (s3://.../best), or bundled:minilm"
+    )
+    name: str | None = Field(
+        None, description="model name clients send; default: the folder's name"
+    )
+    query_prompt: str | None = Field(
+        None, description="prompt for input_type=query; default: the model's own"
+    )
     max_inputs: int = Field(256, ge=1, description="most inputs in one request")
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="largest request body")
     max_batch_size: int = Field(32, ge=1, description="most texts encoded together across requests")
     batch_wait_timeout_s: float = Field(0.005, ge=0, description="how long a batch waits to fill")
-    api_key_env: str = Field("EMBEDDINGS_API_KEY", description="env var that, when set, holds the required API key")
+    api_key_env: str = Field(
+        "EMBEDDINGS_API_KEY", description="env var that, when set, holds the required API key"
+    )
     device: str | None = Field(None, description="torch device; default: CUDA if present")
 
 
@@ -71,11 +77,31 @@ async def _api_error(request: Request, err: APIError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.kind.status)
 
 
+@fastapi_app.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    # Unknown paths and methods: the same envelope as every other error.
+    kind = ErrorKind.NOT_FOUND if err.status_code == 404 else ErrorKind.INVALID_REQUEST
+    return JSONResponse(
+        APIError(kind, f"{request.method} {request.url.path}: {err.detail}").body(),
+        status_code=err.status_code,
+    )
+
+
+@fastapi_app.exception_handler(Exception)
+async def _unexpected(request: Request, err: Exception) -> JSONResponse:
+    # A bug, not the client's fault: logged with its traceback, answered in OpenAI's envelope.
+    logger.exception("unexpected error in %s %s", request.method, request.url.path)
+    return JSONResponse(
+        APIError(ErrorKind.INTERNAL, f"internal error: {type(err).__name__}").body(),
+        status_code=500,
+    )
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 @serve.ingress(fastapi_app)
 class EmbeddingService:
-    def __init__(self, args: dict[str, Any]) -> None:
-        self.args = ServeArgs.model_validate(args)
+    def __init__(self, args: ServeArgs) -> None:
+        self.args = args  # validated once, by whoever built the app
         self.name = self.args.name or Path(self.args.model.removeprefix("bundled:")).name
         self.batches = 0
         self.batched_texts = 0
@@ -86,19 +112,32 @@ class EmbeddingService:
         # restarts) takes traffic only once it can answer. With a background load, a new
         # replica took its share of requests while loading and answered them 503 (seen at 16
         # clients: scale-up from 1 to 2 replicas failed the load test).
-        from trainers.models import load_model
+        from trainers.models import load_model, matryoshka_info, resolve
 
-        model = load_model(self.args.model, device=self.args.device)
+        folder, is_local = resolve(self.args.model)
+        model = load_model(folder, device=self.args.device)
         model.eval()
         self.dim = int(model.get_embedding_dimension())
-        self.query_prompt = self.args.query_prompt if self.args.query_prompt is not None else model.prompts.get("query", "")
+        # The dims the model was trained on (a sweep's or trainers' export records them); any
+        # other `dimensions` is still served, but flagged (README, Serving).
+        self.trained_dims: list[int] = matryoshka_info(folder).get("dims", []) if is_local else []
+        self.query_prompt = (
+            self.args.query_prompt
+            if self.args.query_prompt is not None
+            else model.prompts.get("query", "")
+        )
         self.model = model
-        logger.info("loaded %s (%d dims, max %d tokens)", self.args.model, self.dim, model.max_seq_length)
+        logger.info(
+            "loaded %s (%d dims, max %d tokens)", self.args.model, self.dim, model.max_seq_length
+        )
 
     def _authorize(self, request: Request) -> None:
         expected = os.environ.get(self.args.api_key_env)
         if expected and request.headers.get("authorization") != f"Bearer {expected}":
-            raise APIError(ErrorKind.UNAUTHORIZED, "missing or wrong API key: send 'Authorization: Bearer <key>'")
+            raise APIError(
+                ErrorKind.UNAUTHORIZED,
+                "missing or wrong API key: send 'Authorization: Bearer <key>'",
+            )
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def encode(self, texts: list[str]) -> list[tuple[np.ndarray, int, int]]:
@@ -106,10 +145,15 @@ class EmbeddingService:
         # batch. Awaiting an executor here would let each request run alone (batch size 1).
         self.batches += 1
         self.batched_texts += len(texts)
-        vectors = self.model.encode(texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True)
+        vectors = self.model.encode(
+            texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True
+        )
         # Token counts for `usage` come from one tokenizer call per batch: a call per request
         # cost ~0.7 ms under 16 clients (tokenizer threads waking up on a busy CPU).
-        return [(vector, tokens, len(texts)) for vector, tokens in zip(vectors, self._token_counts(texts))]
+        return [
+            (vector, tokens, len(texts))
+            for vector, tokens in zip(vectors, self._token_counts(texts), strict=True)
+        ]
 
     def _token_counts(self, texts: list[str]) -> list[int]:
         encoded = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
@@ -120,8 +164,11 @@ class EmbeddingService:
         self._authorize(request)
         body = await request.body()
         parsed = parse_request(
-            body, max_body_bytes=self.args.max_body_bytes, max_inputs=self.args.max_inputs,
-            model_dim=self.dim, served_names=(self.name,),
+            body,
+            max_body_bytes=self.args.max_body_bytes,
+            max_inputs=self.args.max_inputs,
+            model_dim=self.dim,
+            served_names=(self.name,),
         )
         texts = parsed.texts
         if parsed.input_type == "query" and self.query_prompt:
@@ -132,16 +179,36 @@ class EmbeddingService:
         # X-Batch-Size: the mean size of the batches this request's inputs were encoded in. The
         # load test reads it from every response, so it sees the batches of every replica.
         batch = sum(b for _, _, b in encoded) / len(encoded)
-        return Response(render(embeddings, parsed, self.name, tokens), media_type="application/json",
-                        headers={"x-batch-size": f"{batch:g}"})
+        headers = {"x-batch-size": f"{batch:g}"}
+        if (
+            self.trained_dims
+            and parsed.dimensions is not None
+            and parsed.dimensions not in self.trained_dims
+        ):
+            headers["x-dimensions-untrained"] = str(parsed.dimensions)
+        return Response(
+            render(embeddings, parsed, self.name, tokens),
+            media_type="application/json",
+            headers=headers,
+        )
 
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
-        return {"object": "list", "data": [{
-            "id": self.name, "object": "model", "created": 0, "owned_by": "matryoshka-sweeps",
-            "dimensions": self.dim, "max_input_tokens": self.model.max_seq_length,
-        }]}
+        return {
+            "object": "list",
+            "data": [
+                {
+                    "id": self.name,
+                    "object": "model",
+                    "created": 0,
+                    "owned_by": "matryoshka-sweeps",
+                    "dimensions": self.dim,
+                    "matryoshka_dimensions": self.trained_dims,
+                    "max_input_tokens": self.model.max_seq_length,
+                }
+            ],
+        }
 
     @fastapi_app.get("/health")
     async def health(self) -> JSONResponse:
@@ -151,12 +218,15 @@ class EmbeddingService:
 
     @fastapi_app.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
-        """Batches formed by the replica that answers (the counters reset when it restarts), and its torch threads."""
+        """Batches formed by the answering replica (reset when it restarts), its torch threads."""
         import torch
 
-        return {"batches": self.batches, "texts": self.batched_texts,
-                "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0,
-                "torch_threads": torch.get_num_threads()}
+        return {
+            "batches": self.batches,
+            "texts": self.batched_texts,
+            "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0,
+            "torch_threads": torch.get_num_threads(),
+        }
 
 
 def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
@@ -188,12 +258,17 @@ def per_core_options() -> dict[str, Any]:
 
 def build_app(args: dict[str, Any]):
     """Serve's app builder (`import_path: serve.app:build_app` in serve/config.yaml)."""
-    checked = ServeArgs.model_validate(args)
-    return EmbeddingService.bind(checked.model_dump())
+    return EmbeddingService.bind(parse(ServeArgs, args, where="args"))
 
 
-def start(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000, options: dict[str, Any] | None = None,
-          name: str = "embeddings", route_prefix: str = "/"):
+def start(
+    args: ServeArgs,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    options: dict[str, Any] | None = None,
+    name: str = "embeddings",
+    route_prefix: str = "/",
+):
     """Deploy on the current (or a new local) Ray; returns when the app is deployed."""
     import ray
 
@@ -201,7 +276,7 @@ def start(args: ServeArgs, host: str = "127.0.0.1", port: int = 8000, options: d
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
     deployment = EmbeddingService.options(**(deployment_options() if options is None else options))
-    return serve.run(deployment.bind(args.model_dump()), name=name, route_prefix=route_prefix)
+    return serve.run(deployment.bind(args), name=name, route_prefix=route_prefix)
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
@@ -218,20 +293,34 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
     raise TimeoutError(f"{url}/health did not turn 200 within {timeout_s:.0f}s")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="model folder, e.g. runs/local/best, its URI (s3://.../best), or bundled:minilm")
-    parser.add_argument("--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)")
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model folder, e.g. runs/local/best, its URI (s3://.../best), or bundled:minilm",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)"
+    )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--name", help="model name clients send (default: the folder's name)")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if not args.model.startswith("bundled:") and "://" not in args.model and not Path(args.model).is_dir():
-        print(f"error: --model {args.model}: no such folder", file=sys.stderr)
-        return 2
+    cli.setup_logging()
+    if (
+        not args.model.startswith("bundled:")
+        and "://" not in args.model
+        and not Path(args.model).is_dir()
+    ):
+        raise ModelError(f"--model {args.model}: no such folder")
     import ray
 
-    serve_args = ServeArgs(model=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model, name=args.name)
+    serve_args = ServeArgs(
+        model=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
+        name=args.name,
+    )
     try:
         start(serve_args, args.host, args.port)
         url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
@@ -245,6 +334,11 @@ def main(argv: list[str] | None = None) -> int:
         serve.shutdown()
         ray.shutdown()
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python serve/app.py`` and ``matryoshka-serve``."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

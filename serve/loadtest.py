@@ -25,12 +25,10 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from urllib.parse import urlparse
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from trainers import cli
+from trainers.errors import ConfigError
 
 
 @dataclass
@@ -96,7 +94,9 @@ def check_loopback(url: str) -> None:
     except ValueError:
         loopback = False
     if not loopback:
-        raise SystemExit(f"error: {url}: the load test only targets this machine (127.0.0.1, localhost, ::1)")
+        raise ConfigError(
+            f"{url}: the load test only targets this machine (127.0.0.1, localhost, ::1)"
+        )
 
 
 def sample_texts(n: int, seed: int = 0) -> list[str]:
@@ -119,8 +119,10 @@ class Connection:
         parsed = urlparse(url)
         self.host, self.port = parsed.hostname or "127.0.0.1", parsed.port or 80
         auth = f"Authorization: Bearer {api_key}\r\n" if api_key else ""
-        self.head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}"
-                     "Content-Type: application/json\r\nContent-Length: ").encode()
+        self.head = (
+            f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{auth}"
+            "Content-Type: application/json\r\nContent-Length: "
+        ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -161,8 +163,14 @@ class Connection:
             self.reader = self.writer = None
 
 
-async def run_load(url: str, texts: list[str], clients: int, max_requests: int, time_limit_s: float,
-                   api_key: str | None = None) -> tuple[list[float], list[float], float]:
+async def run_load(
+    url: str,
+    texts: list[str],
+    clients: int,
+    max_requests: int,
+    time_limit_s: float,
+    api_key: str | None = None,
+) -> tuple[list[float], list[float], float]:
     """Latencies (ms) and batch sizes of every request, and the seconds the load took."""
     bodies = [json.dumps({"input": text}).encode() for text in texts]
     latencies: list[float] = []
@@ -184,7 +192,9 @@ async def run_load(url: str, texts: list[str], clients: int, max_requests: int, 
 
     connections = [Connection(url, "/v1/embeddings", api_key) for _ in range(clients)]
     try:
-        await asyncio.gather(*(c.post(json.dumps({"input": "warm up"}).encode()) for c in connections[:1]))
+        await asyncio.gather(
+            *(c.post(json.dumps({"input": "warm up"}).encode()) for c in connections[:1])
+        )
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for c in connections))
         return latencies, batches, time.perf_counter() - started
@@ -215,7 +225,9 @@ def single_encode_ms(model, texts: list[str]) -> float:
     return statistics.median(singles)
 
 
-def measure(url: str, model, clients: int, requests: int, time_limit_s: float, rounds: int = 3) -> Result:
+def measure(
+    url: str, model, clients: int, requests: int, time_limit_s: float, rounds: int = 3
+) -> Result:
     """``rounds`` paired rounds at one concurrency level: the served load (``requests`` single-text
     requests, bounded by ``time_limit_s``), then in-process encoding of the texts it sent."""
     texts = sample_texts(max(requests, 64))
@@ -223,10 +235,18 @@ def measure(url: str, model, clients: int, requests: int, time_limit_s: float, r
     latencies: list[float] = []
     sizes: list[float] = []
     for _ in range(rounds):
-        round_latencies, round_sizes, seconds = asyncio.run(run_load(url, texts, clients, requests, time_limit_s))
+        round_latencies, round_sizes, seconds = asyncio.run(
+            run_load(url, texts, clients, requests, time_limit_s)
+        )
         latencies += round_latencies
         sizes += round_sizes
-        done.append(Round(len(round_latencies), seconds, inprocess(model, texts[: len(round_latencies)], clients)))
+        done.append(
+            Round(
+                len(round_latencies),
+                seconds,
+                inprocess(model, texts[: len(round_latencies)], clients),
+            )
+        )
     # Each request is one text, and a batch of b texts answers b requests that each say b, so
     # sum(1/b) counts the batches: texts / batches is the mean batch size.
     mean_batch = len(sizes) / sum(1 / b for b in sizes) if sizes else 0.0
@@ -235,29 +255,46 @@ def measure(url: str, model, clients: int, requests: int, time_limit_s: float, r
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | mean batch | in-process texts/s (batch = clients) "
+        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | mean batch | in-process texts/s "
+        "(batch = clients) "
         "| ratio | ratio per round | in-process single encode ms |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         per_round = " ".join(f"{x.ratio:.2f}" for x in r.rounds)
         lines.append(
-            f"| {r.clients} | {r.requests} | {r.per_s:.1f} | {r.pct(50):.1f} | {r.pct(95):.1f} | {r.pct(99):.1f} | "
-            f"{r.mean_batch:.1f} | {r.inprocess_per_s:.1f} | {r.ratio:.2f}x | {per_round} | {r.single_encode_ms:.1f} |"
+            f"| {r.clients} | {r.requests} | {r.per_s:.1f} | {r.pct(50):.1f} | {r.pct(95):.1f} | "
+            f"{r.pct(99):.1f} | "
+            f"{r.mean_batch:.1f} | {r.inprocess_per_s:.1f} | {r.ratio:.2f}x | {per_round} | "
+            f"{r.single_encode_ms:.1f} |"
         )
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server (loopback only)")
-    parser.add_argument("--model", required=True, help="the served model, loaded in-process for the comparison")
-    parser.add_argument("--start", action="store_true", help="deploy --model first (a 1-CPU replica per core), stop after")
+    parser.add_argument(
+        "--model", required=True, help="the served model, loaded in-process for the comparison"
+    )
+    parser.add_argument(
+        "--start",
+        action="store_true",
+        help="deploy --model first (a 1-CPU replica per core), stop after",
+    )
     parser.add_argument("--clients", default="1,16", help="comma-separated concurrency levels")
-    parser.add_argument("--requests", type=at_least_one, default=400, help="requests per round (bound)")
+    parser.add_argument(
+        "--requests", type=at_least_one, default=400, help="requests per round (bound)"
+    )
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
-    parser.add_argument("--rounds", type=at_least_one, default=3,
-                        help="paired served/in-process rounds per level; the table gives medians")
+    parser.add_argument(
+        "--rounds",
+        type=at_least_one,
+        default=3,
+        help="paired served/in-process rounds per level; the table gives medians",
+    )
     args = parser.parse_args(argv)
     check_loopback(args.url)
 
@@ -278,13 +315,19 @@ def main(argv: list[str] | None = None) -> int:
         start(ServeArgs(model=args.model), "127.0.0.1", port, options=per_core_options())
         wait_healthy(args.url)
     try:
-        results = [measure(args.url, model, int(c), args.requests, args.time_limit, args.rounds)
-                   for c in args.clients.split(",")]
+        results = [
+            measure(args.url, model, int(c), args.requests, args.time_limit, args.rounds)
+            for c in args.clients.split(",")
+        ]
     finally:
         if args.start:
             serve.shutdown()
     print(table(results))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

@@ -19,33 +19,87 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.config import SweepConfig
+from sweeps.space import optuna_distributions
 from sweeps.trainable import OBJECTIVE
+from trainers.models import write_matryoshka_info
 
 logger = logging.getLogger(__name__)
 
 # Training state inside a checkpoint that a served model does not need.
-TRAINING_STATE = {"optimizer.pt", "scheduler.pt", "rng_state.pth", "scaler.pt", "trainer_state.json", "training_args.bin"}
+TRAINING_STATE = {
+    "optimizer.pt",
+    "scheduler.pt",
+    "rng_state.pth",
+    "scaler.pt",
+    "trainer_state.json",
+    "training_args.bin",
+}
 TABLE_METRICS = ("map@100", "ndcg@10", "mrr@10", "accuracy@1", "recall@10")
 
 
 @dataclass
 class Summary:
+    """What run_sweep returns: the console text, the exported model (None if no trial
+    reported) and the sweep's folder (runs/<name>/)."""
+
     text: str
     best_dir: Path | None
-    report: Path
-    rows: list[dict[str, Any]]
+    out: Path
+
+
+@dataclass
+class TrialReports:
+    """One trial of a sweep as it stands on disk: its id, its sampled config, every report
+    (one per epoch, in order), whether Tune marked it done, its checkpoints and whether a
+    worker failure hit it (it may have been retried since)."""
+
+    trial_id: str
+    config: dict[str, Any]
+    reports: list[dict[str, Any]]
+    done: bool
+    checkpoints: int
+    failed_once: bool
+
+
+def read_trials(out: Path) -> list[TrialReports]:
+    """Every trial in the sweep folder ``out``, finished or still running.
+
+    The one place that knows Tune's trial-folder layout (trial_<id>/ as trial_dirname names
+    it, with params.json, result.json, checkpoint_*/ and error.txt).
+    """
+    trials = []
+    for folder in sorted(Path(out).glob("trial_*")):
+        if not folder.is_dir():
+            continue
+        result = folder / "result.json"
+        lines = result.read_text().splitlines() if result.is_file() else []
+        reports = [json.loads(line) for line in lines if line.strip()]
+        params = folder / "params.json"
+        trials.append(
+            TrialReports(
+                trial_id=folder.name.removeprefix("trial_"),
+                config=json.loads(params.read_text()) if params.is_file() else {},
+                reports=reports,
+                done=bool(reports and reports[-1].get("done")),
+                checkpoints=sum(1 for _ in folder.glob("checkpoint_*")),
+                failed_once=(folder / "error.txt").is_file(),
+            )
+        )
+    return trials
 
 
 def trial_table(config: SweepConfig, results) -> list[dict[str, Any]]:
     """One row per trial, with the metrics of its best epoch, its status and its error."""
-    params = [p.key for p in config.params()]
-    first = config.first_points()
+    params = [p.key for p in config.search]
+    first = config.first_points
     rows = []
     for result in results:
         frame = result.metrics_dataframe
         reported = frame is not None and OBJECTIVE in getattr(frame, "columns", [])
         trial_config = result.config or {}
-        row: dict[str, Any] = {"trial": (result.metrics or {}).get("trial_id") or Path(result.path).name}
+        row: dict[str, Any] = {
+            "trial": (result.metrics or {}).get("trial_id") or Path(result.path).name
+        }
         row.update({k: trial_config.get(k) for k in params})
         best: dict[str, Any] = {}
         epochs_done = 0
@@ -56,10 +110,14 @@ def trial_table(config: SweepConfig, results) -> list[dict[str, Any]]:
             row[f"dim_{dim}_map@100"] = _metric(best, f"dim_{dim}", "map@100")
         row[OBJECTIVE] = best.get(OBJECTIVE)
         row["best_epoch"] = int(best["epoch"]) if best else None
-        planned = int(trial_config.get("epochs", config.base_config().epochs))
+        planned = int(trial_config.get("epochs", config.train.epochs))
         if result.error is not None:
             row["status"] = "failed"
-            row["error"] = str(result.error).strip().splitlines()[-1][:300] if str(result.error).strip() else type(result.error).__name__
+            row["error"] = (
+                str(result.error).strip().splitlines()[-1][:300]
+                if str(result.error).strip()
+                else type(result.error).__name__
+            )
         elif epochs_done < planned:
             row["status"] = f"stopped by ASHA after {epochs_done}/{planned} epochs"
             row["error"] = ""
@@ -79,15 +137,25 @@ def trial_table(config: SweepConfig, results) -> list[dict[str, Any]]:
 
 def _metric(metrics: dict[str, Any], prefix: str, name: str) -> float | None:
     for key, value in metrics.items():
-        if key.startswith(prefix + "_") and key.endswith("_" + name) and key.count("_") == prefix.count("_") + 2:
+        if (
+            key.startswith(prefix + "_")
+            and key.endswith("_" + name)
+            and key.count("_") == prefix.count("_") + 2
+        ):
             return float(value)
     return None
 
 
-def export_best(row: dict[str, Any], out: Path, baseline: dict[str, float], config: SweepConfig) -> Path | None:
+def export_best(
+    row: dict[str, Any], out: Path, baseline: dict[str, float], config: SweepConfig
+) -> Path | None:
     """Copy the best trial's best checkpoint, less its training state, to out/best."""
     result = row["_result"]
-    checkpoint = result.get_best_checkpoint(OBJECTIVE, "max") if result.best_checkpoints else result.checkpoint
+    checkpoint = (
+        result.get_best_checkpoint(OBJECTIVE, "max")
+        if result.best_checkpoints
+        else result.checkpoint
+    )
     if checkpoint is None:
         logger.warning("the best trial %s left no checkpoint: no model exported", row["trial"])
         return None
@@ -95,13 +163,25 @@ def export_best(row: dict[str, Any], out: Path, baseline: dict[str, float], conf
     shutil.rmtree(best, ignore_errors=True)
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(checkpoint.to_directory(tmp))
-        shutil.copytree(source, best, ignore=lambda d, names: [n for n in names if n in TRAINING_STATE])
+        shutil.copytree(
+            source, best, ignore=lambda d, names: [n for n in names if n in TRAINING_STATE]
+        )
     metrics = {k: v for k, v in row["_best"].items() if k.startswith(("dim_", "mean_"))}
-    (best / "metrics.json").write_text(json.dumps({
-        "sweep": config.name, "trial": row["trial"], "epoch": row["best_epoch"], "objective": config.objective,
-        "config": config.trial_config({k: row[k] for k in (p.key for p in config.params())}).to_dict(),
-        "baseline": baseline, "final": metrics,
-    }, indent=2))
+    write_matryoshka_info(best, config.dims)
+    (best / "metrics.json").write_text(
+        json.dumps(
+            {
+                "sweep": config.name,
+                "trial": row["trial"],
+                "epoch": row["best_epoch"],
+                "objective": config.objective,
+                "config": config.trial_config({p.key: row[p.key] for p in config.search}).to_dict(),
+                "baseline": baseline,
+                "final": metrics,
+            },
+            indent=2,
+        )
+    )
     return best
 
 
@@ -113,7 +193,13 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_map_vs_dim(config: SweepConfig, baseline: dict[str, float], rows: list[dict[str, Any]], best: dict[str, Any] | None, path: Path) -> None:
+def plot_map_vs_dim(
+    config: SweepConfig,
+    baseline: dict[str, float],
+    rows: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    path: Path,
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -124,9 +210,13 @@ def plot_map_vs_dim(config: SweepConfig, baseline: dict[str, float], rows: list[
     lines = [("base model", [_metric(baseline, f"dim_{d}", "map@100") for d in dims], "o--")]
     seed = next((r for r in rows if r["seed_recipe"] and r[OBJECTIVE] is not None), None)
     if seed is not None:
-        lines.append((f"seed recipe ({seed['trial']})", [seed[f"dim_{d}_map@100"] for d in dims], "s-"))
+        lines.append(
+            (f"seed recipe ({seed['trial']})", [seed[f"dim_{d}_map@100"] for d in dims], "s-")
+        )
     if best is not None:
-        lines.append((f"best trial ({best['trial']})", [best[f"dim_{d}_map@100"] for d in dims], "^-"))
+        lines.append(
+            (f"best trial ({best['trial']})", [best[f"dim_{d}_map@100"] for d in dims], "^-")
+        )
     for label, values, style in lines:
         ax.plot(dims, values, style, label=label)
     ax.set_xscale("log", base=2)
@@ -146,24 +236,19 @@ def importances(config: SweepConfig, rows: list[dict[str, Any]]) -> dict[str, fl
     import optuna
 
     done = [r for r in rows if r[OBJECTIVE] is not None]
-    params = config.params()
+    params = config.search
     if len(done) < 2 or not params:
         return {}
-    distributions = {}
-    for p in params:
-        if p.kind == "loguniform":
-            distributions[p.key] = optuna.distributions.FloatDistribution(*p.args, log=True)
-        elif p.kind == "uniform":
-            distributions[p.key] = optuna.distributions.FloatDistribution(*p.args)
-        elif p.kind == "randint":
-            distributions[p.key] = optuna.distributions.IntDistribution(int(p.args[0]), int(p.args[1]))
-        else:
-            distributions[p.key] = optuna.distributions.CategoricalDistribution(list(p.args))
+    distributions = optuna_distributions(params)
     study = optuna.create_study(direction="maximize")
     for r in done:
-        study.add_trial(optuna.trial.create_trial(
-            params={p.key: r[p.key] for p in params}, distributions=distributions, value=float(r[OBJECTIVE]),
-        ))
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={p.key: r[p.key] for p in params},
+                distributions=distributions,
+                value=float(r[OBJECTIVE]),
+            )
+        )
     try:
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=config.seed)
         return optuna.importance.get_param_importances(study, evaluator=evaluator)
@@ -197,39 +282,62 @@ def _fmt(value: Any) -> str:
 
 
 def write_report(config: SweepConfig, rows, baseline, best_row, best_dir, imp, out: Path) -> Path:
-    params = [p.key for p in config.params()]
+    params = [p.key for p in config.search]
     lines = [f"# Sweep `{config.name}`", ""]
     n_failed = sum(r["status"] == "failed" for r in rows)
     n_stopped = sum(r["status"].startswith("stopped") for r in rows)
     lines += [
-        f"{len(rows)} trials: {len(rows) - n_failed - n_stopped} completed, {n_stopped} stopped early by ASHA, "
-        f"{n_failed} failed. Objective: `{config.objective}` (maximised).", "",
+        f"{len(rows)} trials: {len(rows) - n_failed - n_stopped} completed, {n_stopped} stopped "
+        "early by ASHA, "
+        f"{n_failed} failed. Objective: `{config.objective}` (maximised).",
+        "",
     ]
     if best_row is not None:
-        lines += ["## Best trial", "", f"`{best_row['trial']}`, epoch {best_row['best_epoch']}: "
-                  f"{config.objective} = {_fmt(best_row[OBJECTIVE])}. Model: `{best_dir}`", "",
-                  "| key | value |", "|---|---|"]
+        lines += [
+            "## Best trial",
+            "",
+            f"`{best_row['trial']}`, epoch {best_row['best_epoch']}: "
+            f"{config.objective} = {_fmt(best_row[OBJECTIVE])}. Model: `{best_dir}`",
+            "",
+            "| key | value |",
+            "|---|---|",
+        ]
         lines += [f"| {k} | {_fmt(best_row[k])} |" for k in params]
-        lines += ["", "## Base model vs best model", "", "| dim | " + " | ".join(
-            f"base {m} | best {m}" for m in TABLE_METRICS) + " |", "|---:|" + "---:|" * (2 * len(TABLE_METRICS))]
+        lines += [
+            "",
+            "## Base model vs best model",
+            "",
+            "| dim | " + " | ".join(f"base {m} | best {m}" for m in TABLE_METRICS) + " |",
+            "|---:|" + "---:|" * (2 * len(TABLE_METRICS)),
+        ]
         for d in config.dims:
             cells = []
             for m in TABLE_METRICS:
-                cells += [_fmt(_metric(baseline, f"dim_{d}", m)), _fmt(_metric(best_row["_best"], f"dim_{d}", m))]
+                cells += [
+                    _fmt(_metric(baseline, f"dim_{d}", m)),
+                    _fmt(_metric(best_row["_best"], f"dim_{d}", m)),
+                ]
             lines.append(f"| {d} | " + " | ".join(cells) + " |")
         lines += ["", "![MAP@100 vs dim](map_vs_dim.png)", ""]
     columns = ["trial", *params, *[f"dim_{d}_map@100" for d in config.dims], "status", "seconds"]
     lines += ["## Trials", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        marks = " (seed recipe)" if r["seed_recipe"] else " (first point)" if r["first_point"] else ""
-        cells = [f"{r[c]:.0f}" if c == "seconds" else _fmt(r[c]) + (marks if c == "trial" else "") for c in columns]
+        marks = (
+            " (seed recipe)" if r["seed_recipe"] else " (first point)" if r["first_point"] else ""
+        )
+        cells = [
+            f"{r[c]:.0f}" if c == "seconds" else _fmt(r[c]) + (marks if c == "trial" else "")
+            for c in columns
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r for r in rows if r["status"] == "failed"]
     if failed:
         lines += ["", "## Failed trials", ""] + [f"- `{r['trial']}`: {r['error']}" for r in failed]
     lines += ["", "## Hyper-parameter importance", ""]
     if imp:
-        lines += ["| key | importance |", "|---|---:|"] + [f"| {k} | {v:.3f} |" for k, v in imp.items()]
+        lines += ["| key | importance |", "|---|---:|"] + [
+            f"| {k} | {v:.3f} |" for k, v in imp.items()
+        ]
         lines += ["", "![importance](importance.png)"]
     else:
         lines.append("Not enough finished trials with different scores to compute it.")
@@ -260,8 +368,14 @@ def export(config: SweepConfig, results, baseline: dict[str, float], out: Path) 
         if (Path(__file__).resolve().parents[1] / "serve" / "app.py").is_file():
             text.append(f"serve it:   python serve/app.py --model {best_dir}")
     else:
-        text.append("no trial reported a result: no model exported (see the report's failed trials)")
+        text.append(
+            "no trial reported a result: no model exported (see the report's failed trials)"
+        )
     if config.wandb:
-        text.append(f"W&B:        offline runs in {out / 'wandb'} (upload: wandb sync {out / 'wandb'}/wandb/offline-run-*)"
-                    if not wandb_online() else f"W&B:        project {config.wandb_project}, group {config.name}")
-    return Summary(text="\n".join(text), best_dir=best_dir, report=report, rows=rows)
+        text.append(
+            f"W&B:        offline runs in {out / 'wandb'} (upload: wandb sync "
+            f"{out / 'wandb'}/wandb/offline-run-*)"
+            if not wandb_online()
+            else f"W&B:        project {config.wandb_project}, group {config.name}"
+        )
+    return Summary(text="\n".join(text), best_dir=best_dir, out=out)

@@ -17,47 +17,59 @@ plots, and the command to serve the best model is printed.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import os
 import sys
 import time
-from pathlib import Path
+from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if str(REPO) not in sys.path:  # `python sweeps/run.py` from a checkout
-    sys.path.insert(0, str(REPO))
-
-from sweeps import config as sweep_config  # noqa: E402
-from sweeps.config import SweepConfig  # noqa: E402
-from trainers import config as train_config  # noqa: E402
-from trainers.config import ConfigError, parse_overrides  # noqa: E402
-
-logger = logging.getLogger("sweeps")
-DEFAULT_CONFIG = REPO / "sweeps" / "configs" / "local.yaml"
+import sweeps
+from sweeps import config as sweep_config
+from sweeps.config import SweepConfig
+from trainers import cli
+from trainers.config import TrainConfig, parse_overrides
+from trainers.errors import ConfigError
 
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False,
-        epilog="Any other --key value sets a sweep key or fixes a trainers key (python -m trainers.train --help).",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        allow_abbrev=False,
+        epilog="Any other --key value sets a sweep key or fixes a trainers key "
+        "(python -m trainers.train --help).",
     )
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), help="sweep YAML (default: %(default)s)")
+    parser.add_argument(
+        "--config", default=str(sweeps.DEFAULT_CONFIG), help="sweep YAML (default: %(default)s)"
+    )
     parser.add_argument("--name", help="sweep name: results in <storage_path>/<name>/")
     parser.add_argument("--num-samples", type=int, help="number of trials")
-    parser.add_argument("--resume", action="store_true", help="continue the sweep <name> where it stopped")
-    parser.add_argument("--smoke-test", action="store_true", help="tiny random model, tiny data, 3 trials")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue the sweep <name> where it stopped"
+    )
+    parser.add_argument(
+        "--smoke-test", action="store_true", help="tiny random model, tiny data, 3 trials"
+    )
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster to join (default: $RAY_ADDRESS, else the cluster on this machine, e.g. a `ray up` head node, else a private local Ray; `local` forces the private one)")
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("RAY_ADDRESS"),
+        help="Ray cluster to join (default: $RAY_ADDRESS, else the cluster on this machine, "
+        "e.g. a `ray up` head node, else a private local Ray; `local` forces the private one)",
+    )
     return parser.parse_known_args(argv)
 
 
-def smoke_overrides() -> dict:
-    """A sweep of the same shape in about two minutes: the tiny model on a sliver of data."""
+def smoke_overrides() -> dict[str, Any]:
+    """A sweep of the same shape in about a minute: the tiny model on a sliver of data."""
     return {
         "train": {
-            "model": "bundled:tiny", "data": "debian", "matryoshka_dims": [384, 128, 64],
-            "max_pairs": 48, "eval_size": 60, "max_seq_length": 32, "eval_batch_size": 64,
+            "model": "bundled:tiny",
+            "data": "debian",
+            "matryoshka_dims": [384, 128, 64],
+            "max_pairs": 48,
+            "eval_size": 60,
+            "max_seq_length": 32,
+            "eval_batch_size": 64,
         },
         "search": {
             "learning_rate": {"loguniform": [1.0e-4, 1.0e-2]},
@@ -66,7 +78,9 @@ def smoke_overrides() -> dict:
             "matryoshka_weights": {"uniform": [0.5, 2.0]},
         },
         "seed_recipe": False,
-        "points_to_evaluate": [{"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "matryoshka_weights": 1.0}],
+        "points_to_evaluate": [
+            {"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "matryoshka_weights": 1.0}
+        ],
         "num_samples": 3,
         "max_concurrent_trials": 2,
         "cpus_per_trial": 1.0,
@@ -75,38 +89,28 @@ def smoke_overrides() -> dict:
 
 
 def load_config(args: argparse.Namespace, extra: list[str]) -> SweepConfig:
-    overrides = parse_overrides(extra, known=set(sweep_config.FIELDS) | set(train_config.FIELDS))
+    """The YAML, then the smoke test's values, then the command line's: parsed once."""
+    fields = {**sweep_config.CLI_FIELDS, **TrainConfig.model_fields}
+    overrides = parse_overrides(extra, fields)
+    raw = sweep_config.read_yaml(args.config)
+    if args.smoke_test:
+        raw.update(smoke_overrides(), name=time.strftime("smoke-%Y%m%d-%H%M%S"))
     if args.name:
         overrides["name"] = args.name
     if args.num_samples is not None:
         overrides["num_samples"] = args.num_samples
     if args.no_wandb:
         overrides["wandb"] = False
-    config = sweep_config.load(args.config, overrides)
-    if args.smoke_test:
-        name = args.name or time.strftime("smoke-%Y%m%d-%H%M%S")
-        smoke = smoke_overrides()
-        values = {**config.to_dict(), **smoke, "name": name}
-        if args.num_samples is not None:
-            values["num_samples"] = args.num_samples
-        config = sweep_config.from_dict(values)
-    return config
+    return sweep_config.parse(sweep_config.apply_overrides(raw, overrides))
 
 
 def check_model_dims(config: SweepConfig) -> None:
     """Dims that do not fit the model fail here, before Ray starts."""
-    from trainers.models import ModelError, declared_dim
+    from trainers.models import check_dims, declared_dim
 
-    base = config.base_config()
-    try:
-        dim = declared_dim(base.model)
-    except ModelError as err:
-        raise ConfigError(f"train.model: {err}") from None
-    if dim is not None and max(base.matryoshka_dims) > dim:
-        raise ConfigError(
-            f"train.matryoshka_dims {list(base.matryoshka_dims)} exceed the dimension of {base.model} ({dim}): "
-            f"use dims <= {dim}"
-        )
+    dim = declared_dim(config.train.model)
+    if dim is not None:
+        check_dims(config.dims, dim, config.train.model)
 
 
 def check_storage(config: SweepConfig) -> None:
@@ -114,31 +118,30 @@ def check_storage(config: SweepConfig) -> None:
     if "YOUR-BUCKET" in config.storage_path:
         raise ConfigError(
             f"storage_path={config.storage_path!r} is the placeholder of the shipped config: pass "
-            "--storage_path s3://<your bucket>/matryoshka-sweeps (shared storage every node can write)"
+            "--storage_path s3://<your bucket>/matryoshka-sweeps (shared storage every node can "
+            "write)"
         )
 
 
-def main(argv: list[str] | None = None) -> int:
-    args, extra = parse_args(list(sys.argv[1:] if argv is None else argv))
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        config = load_config(args, extra)
-        check_model_dims(config)
-        check_storage(config)
-        from trainers.data import load_split
+def _main(argv: list[str]) -> int:
+    args, extra = parse_args(argv)
+    cli.setup_logging()
+    config = load_config(args, extra)
+    check_model_dims(config)
+    check_storage(config)
+    from trainers.data import load_split
 
-        # Fails fast on bad data (and builds the Debian cache once, not in every trial).
-        load_split(config.base_config())
-    except (ConfigError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-    from sweeps.tune_run import run_sweep
-
-    summary = run_sweep(config, resume=args.resume, address=args.address)
+    # Fails fast on bad data (and builds the Debian cache once, not in every trial).
+    load_split(config.train)
+    summary = sweeps.run_sweep(config, resume=args.resume, address=args.address)
     print()
     print(summary.text)
     return 0 if summary.best_dir else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python sweeps/run.py`` and ``matryoshka-sweep``: bad config, data or model exits 2."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

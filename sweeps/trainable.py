@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sweeps.config import SweepConfig
 
 # Test hook: "key=value[:epoch]" in the driver's environment makes the trials whose sampled
 # `key` equals `value` raise (after that epoch, if given), the way an out-of-memory or NaN
@@ -21,19 +24,24 @@ OBJECTIVE = "objective"
 
 
 def run_trial(
-    sampled: dict[str, Any], *, sweep: dict[str, Any], baseline: dict[str, float], fault: str | None = None
+    sampled: dict[str, Any],
+    *,
+    sweep: SweepConfig,
+    baseline: dict[str, float],
+    fault: str | None = None,
 ) -> None:
     from ray import tune
 
-    from sweeps.config import from_dict
     from trainers.train import train
 
     # Ray relays worker output line by line: progress bars become floods of lines. Tune's
     # status table and W&B are the progress view of a sweep.
     os.environ["TQDM_DISABLE"] = "1"
-    config = from_dict(sweep)
+    config = sweep
     context = tune.get_context()
-    trial_config = config.trial_config(sampled, output_dir=os.path.join(context.get_trial_dir(), "model"))
+    trial_config = config.trial_config(
+        sampled, output_dir=os.path.join(context.get_trial_dir(), "model")
+    )
     fault_epoch = _injected_fault(fault, sampled)
 
     def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
@@ -58,7 +66,11 @@ def _injected_fault(spec: str | None, sampled: dict[str, Any]) -> int | None:
         return None
     condition, _, epoch = spec.partition(":")
     key, _, value = condition.partition("=")
-    if key not in sampled or str(sampled[key]) != value and _as_float(sampled[key]) != _as_float(value):
+    if (
+        key not in sampled
+        or str(sampled[key]) != value
+        and _as_float(sampled[key]) != _as_float(value)
+    ):
         return None
     return int(epoch) if epoch else 0
 

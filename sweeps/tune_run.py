@@ -11,13 +11,16 @@ import dataclasses
 import json
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from ray.air.integrations.wandb import WandbLoggerCallback
 
 from sweeps.config import SweepConfig
 from sweeps.report import Summary, export, wandb_online
+from sweeps.space import tune_space
 from sweeps.trainable import FAULT_ENV, OBJECTIVE, run_trial
+from trainers.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +40,7 @@ def local_dir(config: SweepConfig) -> Path:
 
 
 def running_cluster_address() -> str | None:
-    """The address of a Ray cluster started on this machine with `ray start` (a head node), if alive."""
+    """The address of a live Ray cluster started on this machine with `ray start` (a head)."""
     # The same lookup ray.init(address=None) makes (Ray's private helpers; no public API exists),
     # kept separate so that a stale ray_current_cluster file of a killed cluster is ignored.
     from ray._private import services
@@ -60,31 +63,44 @@ def init_ray(address: str | None) -> None:
     if address is None:
         address = running_cluster_address()
         if address:
-            logger.info("joining the Ray cluster started on this machine at %s "
-                        "(--address local for a private one)", address)
+            logger.info(
+                "joining the Ray cluster started on this machine at %s "
+                "(--address local for a private one)",
+                address,
+            )
     if address and address != "local":
         logger.info("connecting to the Ray cluster at %s", address)
         ray.init(address=address)
     else:
         # A local Ray for this process alone; it stops when the sweep ends.
-        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True)
+        ray.init(
+            address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True
+        )
 
 
-def baseline_metrics(config: SweepConfig, out: Path) -> dict[str, float]:
-    """The base model's metrics, computed once per sweep on a trial's resources and cached."""
+def baseline_metrics(
+    config: SweepConfig, out: Path, given: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """The base model's metrics, computed once per sweep on a trial's resources and cached
+    (``given``: the caller computed them already)."""
     import ray
 
     from trainers.train import evaluate_baseline
 
     cache = out / "baseline.json"
+    if given is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(dict(given), indent=2))
+        return dict(given)
     if cache.is_file():
         return json.loads(cache.read_text())
     task = ray.remote(
-        num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial,
+        num_cpus=config.cpus_per_trial,
+        num_gpus=config.gpus_per_trial,
         runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # no progress-bar floods through Ray's log
     )(evaluate_baseline)
     logger.info("evaluating the base model once for the whole sweep")
-    metrics = ray.get(task.remote(config.base_config()))
+    metrics = ray.get(task.remote(config.train))
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -118,29 +134,38 @@ def wandb_callback(config: SweepConfig, out: Path) -> WandbLoggerCallback | None
     (out / "wandb").mkdir(parents=True, exist_ok=True)
     # An explicit dir: without it Ray copies half-written offline runs around.
     return _WandbCallback(
-        project=config.wandb_project, group=config.name, job_type="trial", log_config=True,
-        dir=str(out / "wandb"), mode="online" if wandb_online() else "offline",
+        project=config.wandb_project,
+        group=config.name,
+        job_type="trial",
+        log_config=True,
+        dir=str(out / "wandb"),
+        mode="online" if wandb_online() else "offline",
     )
 
 
 def build_trainable(config: SweepConfig, baseline: dict[str, float]):
     from ray import tune
 
+    # The typed config crosses to the trials as it is: no trial re-parses it.
     trainable = tune.with_parameters(
-        run_trial, sweep=config.to_dict(), baseline=baseline, fault=os.environ.get(FAULT_ENV) or None
+        run_trial, sweep=config, baseline=baseline, fault=os.environ.get(FAULT_ENV) or None
     )
-    return tune.with_resources(trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial})
+    return tune.with_resources(
+        trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
+    )
 
 
 def max_epochs(config: SweepConfig) -> int:
-    spec = config.search.get("epochs")
-    if spec is None:
-        return int(config.base_config().epochs)
-    (kind, args), = spec.items()
-    return int(max(args))
+    searched = [p for p in config.search if p.key == "epochs"]
+    return int(max(searched[0].args)) if searched else config.train.epochs
 
 
-def run_sweep(config: SweepConfig, resume: bool = False, address: str | None = None) -> Summary:
+def run_sweep(
+    config: SweepConfig,
+    resume: bool = False,
+    address: str | None = None,
+    baseline: Mapping[str, float] | None = None,
+) -> Summary:
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -149,43 +174,58 @@ def run_sweep(config: SweepConfig, resume: bool = False, address: str | None = N
     path = sweep_dir(config)
     configure_wandb_mode(config)
     init_ray(address)
-    baseline = baseline_metrics(config, out)
+    baseline = baseline_metrics(config, out, baseline)
     trainable = build_trainable(config, baseline)
 
     if resume:
         if not tune.Tuner.can_restore(str(path)):
-            raise SystemExit(f"error: nothing to resume at {path}; run without --resume first")
-        logger.info("resuming %s: finished trials stay, unfinished ones continue from their checkpoint", path)
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=False)
+            raise ConfigError(f"nothing to resume at {path}; run without --resume first")
+        logger.info(
+            "resuming %s: finished trials stay, unfinished ones continue from their checkpoint",
+            path,
+        )
+        tuner = tune.Tuner.restore(
+            str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
     else:
         if "://" not in str(path) and tune.Tuner.can_restore(str(path)):
-            raise SystemExit(f"error: {path} already holds a sweep: pass --resume, or a new --name")
-        params = config.params()
+            raise ConfigError(f"{path} already holds a sweep: pass --resume, or a new --name")
         searcher = OptunaSearch(
-            metric=OBJECTIVE, mode="max", seed=config.seed,
-            points_to_evaluate=config.first_points() or None,
+            metric=OBJECTIVE,
+            mode="max",
+            seed=config.seed,
+            points_to_evaluate=[dict(p) for p in config.first_points] or None,
         )
         scheduler = ASHAScheduler(
-            time_attr="training_iteration", max_t=max_epochs(config),
-            grace_period=config.grace_period, reduction_factor=config.reduction_factor,
+            time_attr="training_iteration",
+            max_t=max_epochs(config),
+            grace_period=config.grace_period,
+            reduction_factor=config.reduction_factor,
         )
         callbacks = [cb for cb in (wandb_callback(config, out),) if cb is not None]
         tuner = tune.Tuner(
             trainable,
-            param_space={p.key: p.domain() for p in params},
+            param_space=tune_space(config.search),
             tune_config=tune.TuneConfig(
                 # metric and mode go to OptunaSearch AND here (Ray 2.60 wants both to agree).
-                metric=OBJECTIVE, mode="max", search_alg=searcher, scheduler=scheduler,
-                num_samples=config.num_samples, max_concurrent_trials=config.max_concurrent_trials,
+                metric=OBJECTIVE,
+                mode="max",
+                search_alg=searcher,
+                scheduler=scheduler,
+                num_samples=config.num_samples,
+                max_concurrent_trials=config.max_concurrent_trials,
                 trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=config.name,
-                storage_path=str(path).rsplit("/", 1)[0] if "://" in str(path) else str(Path(path).parent),
+                storage_path=str(path).rsplit("/", 1)[0]
+                if "://" in str(path)
+                else str(Path(path).parent),
                 callbacks=callbacks,
                 checkpoint_config=tune.CheckpointConfig(
                     num_to_keep=config.checkpoints_to_keep,
-                    checkpoint_score_attribute=OBJECTIVE, checkpoint_score_order="max",
+                    checkpoint_score_attribute=OBJECTIVE,
+                    checkpoint_score_order="max",
                 ),
                 failure_config=tune.FailureConfig(max_failures=config.max_failures),
                 verbose=1,
@@ -197,7 +237,9 @@ def run_sweep(config: SweepConfig, resume: bool = False, address: str | None = N
     summary = export(config, results, baseline, out)
     if "://" in str(path) and summary.best_dir is not None:
         upload_export(out, str(path))
-        summary = dataclasses.replace(summary, text=f"{summary.text}\nin storage: {path}/best (and the report)")
+        summary = dataclasses.replace(
+            summary, text=f"{summary.text}\nin storage: {path}/best (and the report)"
+        )
     return summary
 
 
@@ -209,5 +251,10 @@ def upload_export(out: Path, uri: str) -> None:
     local = pyarrow.fs.LocalFileSystem()
     for item in ("best", "report.md", "results.csv", "map_vs_dim.png", "importance.png"):
         if (out / item).exists():
-            pyarrow.fs.copy_files(str(out / item), f"{root}/{item}", source_filesystem=local, destination_filesystem=fs)
+            pyarrow.fs.copy_files(
+                str(out / item),
+                f"{root}/{item}",
+                source_filesystem=local,
+                destination_filesystem=fs,
+            )
     logger.info("best model and report uploaded to %s (serve it: --model %s/best)", uri, uri)

@@ -17,10 +17,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory) -> Path:
     """Read-only: copy it (tmp_path) before changing it."""
-    return build_tiny_model(tmp_path_factory.mktemp("tiny"))
+    from trainers.models import bundled_path
+
+    return build_tiny_model(tmp_path_factory.mktemp("tiny"), bundled_path("minilm"))
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +38,6 @@ def debian_pairs() -> list[dict[str, str]]:
 def debian_sample_file(tmp_path_factory, debian_pairs) -> Path:
     """A JSONL of 600 real Debian pairs with their source package as group."""
     path = tmp_path_factory.mktemp("data") / "debian-sample.jsonl"
-    rows = debian_pairs[::max(1, len(debian_pairs) // 600)][:600]
+    rows = debian_pairs[:: max(1, len(debian_pairs) // 600)][:600]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -16,16 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from trainers.config import TrainConfig
+from trainers.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 FILE_FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 MIN_TRAIN_PAIRS = 8
 MIN_EVAL_PAIRS = 4
-
-
-class DataError(ValueError):
-    """The data cannot be used as given; the message names the column, file or fix."""
 
 
 @dataclass(frozen=True)
@@ -62,7 +59,8 @@ def read_rows(config: TrainConfig) -> tuple[list[dict[str, Any]], str | None]:
             raise DataError(f"data={source!r}: no such file")
         if suffix not in FILE_FORMATS:
             raise DataError(
-                f"data={source!r}: unknown file type {suffix!r}; use one of {', '.join(FILE_FORMATS)}"
+                f"data={source!r}: unknown file type {suffix!r}; use one of "
+                f"{', '.join(FILE_FORMATS)}"
             )
         from datasets import load_dataset
 
@@ -70,7 +68,9 @@ def read_rows(config: TrainConfig) -> tuple[list[dict[str, Any]], str | None]:
     elif source.count("/") == 1 and not source.startswith((".", "/")):
         from datasets import load_dataset
 
-        logger.info("loading %s (split %s) from the Hugging Face hub (network)", source, config.data_split)
+        logger.info(
+            "loading %s (split %s) from the Hugging Face hub (network)", source, config.data_split
+        )
         dataset = load_dataset(source, split=config.data_split)
     else:
         raise DataError(
@@ -99,7 +99,12 @@ def clean_pairs(
     pairs: list[Pair] = []
     for i, row in enumerate(rows):
         query, passage = row.get(query_column), row.get(passage_column)
-        if not isinstance(query, str) or not isinstance(passage, str) or not query.strip() or not passage.strip():
+        if (
+            not isinstance(query, str)
+            or not isinstance(passage, str)
+            or not query.strip()
+            or not passage.strip()
+        ):
             dropped["empty"] += 1
             continue
         key = (query.strip(), passage.strip())
@@ -107,11 +112,18 @@ def clean_pairs(
             dropped["duplicate"] += 1
             continue
         seen.add(key)
-        group = str(row[group_column]) if group_column and row.get(group_column) is not None else f"#{i}"
+        group = (
+            str(row[group_column])
+            if group_column and row.get(group_column) is not None
+            else f"#{i}"
+        )
         pairs.append(Pair(key[0], key[1], group))
     if any(dropped.values()):
         logger.warning(
-            "dropped %d empty and %d duplicate pairs of %d", dropped["empty"], dropped["duplicate"], len(rows)
+            "dropped %d empty and %d duplicate pairs of %d",
+            dropped["empty"],
+            dropped["duplicate"],
+            len(rows),
         )
     return pairs, dropped
 
@@ -135,10 +147,15 @@ def split_pairs(pairs: list[Pair], eval_size: float, seed: int) -> tuple[list[Pa
     return train, test
 
 
+def load_pairs(config: TrainConfig) -> tuple[list[Pair], dict[str, int]]:
+    """Every usable pair of the configured source (cleaned, with its group), and the drop counts."""
+    rows, group_column = read_rows(config)
+    return clean_pairs(rows, config.query_column, config.passage_column, group_column)
+
+
 def load_split(config: TrainConfig) -> Split:
     """Everything a run needs from the data: cleaned, split by group, capped as configured."""
-    rows, group_column = read_rows(config)
-    pairs, dropped = clean_pairs(rows, config.query_column, config.passage_column, group_column)
+    pairs, dropped = load_pairs(config)
     needed = MIN_TRAIN_PAIRS + MIN_EVAL_PAIRS
     if len(pairs) < needed:
         raise DataError(
@@ -146,7 +163,9 @@ def load_split(config: TrainConfig) -> Split:
             f"{needed} are needed"
         )
     if config.eval_size >= 1 and config.eval_size >= len(pairs):
-        raise DataError(f"eval_size={int(config.eval_size)} leaves no training pairs of {len(pairs)}")
+        raise DataError(
+            f"eval_size={int(config.eval_size)} leaves no training pairs of {len(pairs)}"
+        )
     train, test = split_pairs(pairs, config.eval_size, config.seed)
     if config.max_pairs is not None and len(train) > config.max_pairs:
         train = random.Random(config.seed).sample(train, config.max_pairs)
@@ -177,7 +196,9 @@ def ir_task(
         relevant.setdefault(qid, set()).add(cid)
     queries = {qid: text for text, qid in query_ids.items()}
     if max_queries is not None and len(queries) > max_queries:
-        keep = sorted(random.Random(seed).sample(sorted(queries), max_queries), key=lambda q: int(q[1:]))
+        keep = sorted(
+            random.Random(seed).sample(sorted(queries), max_queries), key=lambda q: int(q[1:])
+        )
         queries = {qid: queries[qid] for qid in keep}
         relevant = {qid: relevant[qid] for qid in keep}
     corpus = {cid: text for text, cid in corpus_ids.items()}

@@ -25,6 +25,8 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+from trainers.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
@@ -32,7 +34,7 @@ APT_HELPER = "/usr/lib/apt/apt-helper"
 MIN_PASSAGE_CHARS = 40
 
 
-class DebianDataError(RuntimeError):
+class DebianDataError(DataError):
     """The Debian data set cannot be built here; the message says what to do instead."""
 
 
@@ -66,7 +68,10 @@ def _write_cache(path: Path, checksum_file: Path, pairs: list[dict[str, str]]) -
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode()
     # Write-then-rename, so concurrent trials building the cache never read half a file.
-    for target, content in ((path, data), (checksum_file, hashlib.sha256(data).hexdigest().encode())):
+    for target, content in (
+        (path, data),
+        (checksum_file, hashlib.sha256(data).hexdigest().encode()),
+    ):
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=target.name + ".")
         with os.fdopen(fd, "wb") as f:
             f.write(content)
@@ -85,11 +90,17 @@ def build_pairs() -> list[dict[str, str]]:
     with tempfile.TemporaryDirectory(prefix="debian-lists-") as lists:
         os.makedirs(os.path.join(lists, "partial"))
         cmd = [
-            "apt-get", "update", "-q",
-            "-o", "Acquire::Languages=en",
-            "-o", f"Dir::State::Lists={lists}",
-            "-o", "APT::Get::List-Cleanup=0",
-            "-o", "Debug::NoLocking=1",
+            "apt-get",
+            "update",
+            "-q",
+            "-o",
+            "Acquire::Languages=en",
+            "-o",
+            f"Dir::State::Lists={lists}",
+            "-o",
+            "APT::Get::List-Cleanup=0",
+            "-o",
+            "Debug::NoLocking=1",
         ]
         logger.info("fetching Debian package descriptions: %s", " ".join(cmd))
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -129,9 +140,9 @@ def parse_translations(lines: Iterator[str]) -> Iterator[tuple[str, str, str]]:
                 yield package, short.strip(), _render(body)
             package, short, body = None, None, []
         elif line.startswith("Package: "):
-            package = line[len("Package: "):].strip()
+            package = line[len("Package: ") :].strip()
         elif line.startswith("Description-en: "):
-            short = line[len("Description-en: "):]
+            short = line[len("Description-en: ") :]
         elif line.startswith(" ") and short is not None:
             body.append(line[1:])
 
@@ -157,23 +168,23 @@ def parse_sources(lines: Iterator[str]) -> dict[str, str]:
     package = None
     for raw in lines:
         if raw.startswith("Package: "):
-            package = raw[len("Package: "):].strip()
+            package = raw[len("Package: ") :].strip()
             out.setdefault(package, package)
         elif raw.startswith("Source: ") and package:
-            out[package] = raw[len("Source: "):].split()[0]
+            out[package] = raw[len("Source: ") :].split()[0]
     return out
 
 
-def clean(descriptions: dict[str, tuple[str, str]], sources: dict[str, str]) -> list[dict[str, str]]:
+def clean(
+    descriptions: dict[str, tuple[str, str]], sources: dict[str, str]
+) -> list[dict[str, str]]:
     """Drop pairs that would make the retrieval task ambiguous, and log each count.
 
     - a passage too short to describe anything;
     - a short description that several packages share (one query, many right answers);
     - a long description that several packages share (siblings: one passage, many queries).
     """
-    rows = [
-        (package, short, long) for package, (short, long) in sorted(descriptions.items())
-    ]
+    rows = [(package, short, long) for package, (short, long) in sorted(descriptions.items())]
     n_start = len(rows)
     rows = [r for r in rows if len(r[2]) >= MIN_PASSAGE_CHARS and r[1]]
     n_short_passage = n_start - len(rows)
@@ -187,9 +198,19 @@ def clean(descriptions: dict[str, tuple[str, str]], sources: dict[str, str]) -> 
     logger.info(
         "Debian pairs: %d packages; dropped %d with a passage under %d chars, %d whose short "
         "description repeats, %d whose long description is shared; kept %d",
-        n_start, n_short_passage, MIN_PASSAGE_CHARS, n_repeated_query, n_shared_passage, len(kept),
+        n_start,
+        n_short_passage,
+        MIN_PASSAGE_CHARS,
+        n_repeated_query,
+        n_shared_passage,
+        len(kept),
     )
     return [
-        {"anchor": short, "positive": long, "package": package, "source": sources.get(package, package)}
+        {
+            "anchor": short,
+            "positive": long,
+            "package": package,
+            "source": sources.get(package, package),
+        }
         for package, short, long in kept
     ]

@@ -20,6 +20,8 @@ from sentence_transformers.base.evaluation import BaseEvaluator
 from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator
 from torch import Tensor
 
+from trainers.models import check_dims
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -69,21 +71,27 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
             self.score_functions = self._model_score_functions(model)
             self.score_function_names = sorted(self.score_functions)
         model_dim = model.get_embedding_dimension()
-        if model_dim is not None and self.matryoshka_dims[0] > model_dim:
-            raise ValueError(
-                f"matryoshka_dims {self.matryoshka_dims} exceed the model's dimension {model_dim}"
-            )
+        if model_dim is not None:
+            check_dims(self.matryoshka_dims, model_dim, "the evaluated model")
 
         queries = self.embed_inputs(
-            model, self.queries, encode_fn_name="query", prompt_name=self.query_prompt_name, prompt=self.query_prompt
+            model,
+            self.queries,
+            encode_fn_name="query",
+            prompt_name=self.query_prompt_name,
+            prompt=self.query_prompt,
         )
         corpus = self.embed_inputs(
-            model, self.corpus, encode_fn_name="document", prompt_name=self.corpus_prompt_name, prompt=self.corpus_prompt
+            model,
+            self.corpus,
+            encode_fn_name="document",
+            prompt_name=self.corpus_prompt_name,
+            prompt=self.corpus_prompt,
         )
 
         metrics: dict[str, float] = {}
         try:
-            for dim, view in zip(self.matryoshka_dims, self.dim_views):
+            for dim, view in zip(self.matryoshka_dims, self.dim_views, strict=True):
                 # The score functions (cosine) normalise, so a slice is all that truncation needs.
                 self._query_embeddings = queries[:, :dim]
                 scores = self.compute_all_metrics(model, corpus_embeddings=corpus[:, :dim])
@@ -100,7 +108,11 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
 
         for fn in self.score_function_names:
             for name in MEAN_METRICS:
-                values = [metrics[f"dim_{d}_{fn}_{name}"] for d in self.matryoshka_dims if f"dim_{d}_{fn}_{name}" in metrics]
+                values = [
+                    metrics[f"dim_{d}_{fn}_{name}"]
+                    for d in self.matryoshka_dims
+                    if f"dim_{d}_{fn}_{name}" in metrics
+                ]
                 if values:
                     metrics[f"mean_{fn}_{name}"] = sum(values) / len(values)
         if self.primary not in metrics:
@@ -111,7 +123,9 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
         self.primary_metric = self.primary
         return self.prefix_name_to_metrics(metrics, self.name)
 
-    def embed_inputs(self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs):
+    def embed_inputs(
+        self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs
+    ):
         # compute_all_metrics embeds the queries itself; hand it the slice of the one encode.
         if encode_fn_name == "query" and self._query_embeddings is not None:
             return self._query_embeddings

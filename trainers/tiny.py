@@ -13,24 +13,30 @@ from pathlib import Path
 TINY_DIM = 384  # the tiny model's output dim matches MiniLM's, so the same dims apply
 
 
-def build_tiny_model(path: Path) -> Path:
-    """Build the tiny model under ``path`` and return its folder (``path/tiny-model``)."""
+def build_tiny_model(path: Path, vocabulary: Path) -> Path:
+    """Build the tiny model under ``path`` and return its folder (``path/tiny-model``).
+
+    ``vocabulary`` is a BERT model folder whose vocabulary and tokenizer files are copied: the
+    bundled MiniLM's (``trainers.models.bundled_path("minilm")``).
+    """
     import torch
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.base.modules import Dense, Normalize, Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
     from transformers import BertConfig, BertModel
 
-    from trainers.models import bundled_path
-
     torch.manual_seed(0)
-    source = bundled_path("minilm")
+    source = vocabulary
     bert_dir = path / "bert"
     bert_dir.mkdir(parents=True)
     vocab_size = sum(1 for _ in open(source / "vocab.txt", encoding="utf-8"))
     config = BertConfig(
-        vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        intermediate_size=64, max_position_embeddings=512,
+        vocab_size=vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=512,
     )
     BertModel(config).save_pretrained(bert_dir)
     for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):

@@ -25,11 +25,13 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from trainers import cli
 from trainers import config as config_lib
 from trainers.config import TrainConfig
 from trainers.data import ir_task, load_split
+from trainers.errors import ConfigError
 from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
-from trainers.models import check_dims, embedding_dim, load_model
+from trainers.models import check_dims, embedding_dim, load_model, write_matryoshka_info
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ def precision_args(precision: str) -> dict[str, Any]:
         bf16 = cuda and torch.cuda.is_bf16_supported()
         precision = "bf16" if bf16 else ("fp16" if cuda else "fp32")
     if precision == "fp16" and not cuda:
-        raise config_lib.ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
+        raise ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
     args: dict[str, Any] = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
     if cuda:
         # TF32 matmuls on Ampere+ and the fused AdamW kernel: free speed on GPUs.
@@ -103,7 +105,9 @@ def dataloader_workers(configured: int | None) -> int:
 
     if not torch.cuda.is_available():
         return 0
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cpus = (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
     return max(0, min(4, cpus - 1))
 
 
@@ -118,7 +122,9 @@ def build_loss(model, config: TrainConfig):
         inner = CachedMultipleNegativesRankingLoss(model, mini_batch_size=config.mini_batch_size)
     else:
         inner = MultipleNegativesRankingLoss(model)
-    return MatryoshkaLoss(model, inner, list(config.matryoshka_dims), matryoshka_weights=list(config.weights))
+    return MatryoshkaLoss(
+        model, inner, list(config.matryoshka_dims), matryoshka_weights=list(config.weights)
+    )
 
 
 def prepare(config: TrainConfig):
@@ -131,8 +137,13 @@ def prepare(config: TrainConfig):
     split = load_split(config)
     queries, corpus, relevant = ir_task(split.test, config.eval_max_queries, config.seed)
     evaluator = MatryoshkaInformationRetrievalEvaluator(
-        queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims, primary=config.objective,
-        batch_size=config.eval_batch_size, show_progress_bar=True,
+        queries,
+        corpus,
+        relevant,
+        matryoshka_dims=config.matryoshka_dims,
+        primary=config.objective,
+        batch_size=config.eval_batch_size,
+        show_progress_bar=True,
     )
     return model, split, evaluator
 
@@ -152,8 +163,14 @@ class EpochReporter(TrainerCallback):
     and into every report (the Trainer evaluates after on_epoch_end, so epochs exclude it).
     """
 
-    def __init__(self, result: TrainResult, on_epoch: OnEpoch | None, checkpoints: Path,
-                 save_each_epoch: bool, learning_rate: float) -> None:
+    def __init__(
+        self,
+        result: TrainResult,
+        on_epoch: OnEpoch | None,
+        checkpoints: Path,
+        save_each_epoch: bool,
+        learning_rate: float,
+    ) -> None:
         self.result, self.on_epoch, self.checkpoints = result, on_epoch, checkpoints
         self.save_each_epoch, self.learning_rate = save_each_epoch, learning_rate
         self.pending: dict[str, float] | None = None
@@ -181,8 +198,12 @@ class EpochReporter(TrainerCallback):
             )
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        flat = {k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")}
-        self.result.epochs.append({"epoch": round(state.epoch or 0), "step": state.global_step, **flat})
+        flat = {
+            k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")
+        }
+        self.result.epochs.append(
+            {"epoch": round(state.epoch or 0), "step": state.global_step, **flat}
+        )
         self.pending = flat
         if not self.save_each_epoch:
             self._report(None)
@@ -193,7 +214,10 @@ class EpochReporter(TrainerCallback):
 
     def _report(self, checkpoint: str | None) -> None:
         if self.on_epoch is not None and self.pending is not None:
-            timing = {"first_step_unix": self.result.first_step_unix, "train_seconds": self.result.train_seconds}
+            timing = {
+                "first_step_unix": self.result.first_step_unix,
+                "train_seconds": self.result.train_seconds,
+            }
             self.on_epoch(self.result.epochs[-1]["epoch"], {**self.pending, **timing}, checkpoint)
         self.pending = None
 
@@ -213,7 +237,9 @@ def training_args(config: TrainConfig, checkpoints: Path, save_each_epoch: bool)
         lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
         seed=config.seed,
-        batch_sampler=BatchSamplers.NO_DUPLICATES if config.no_duplicates else BatchSamplers.BATCH_SAMPLER,
+        batch_sampler=BatchSamplers.NO_DUPLICATES
+        if config.no_duplicates
+        else BatchSamplers.BATCH_SAMPLER,
         prompts={"anchor": config.query_prompt} if config.query_prompt else None,
         eval_strategy="epoch",
         save_strategy="epoch" if save_each_epoch else "no",
@@ -239,7 +265,8 @@ def train(
 
     ``on_epoch(epoch, metrics, checkpoint_dir)`` is called after every epoch's evaluation with
     the flat per-dim metrics (``dim_64_cosine_map@100``...), the run's ``first_step_unix`` and
-    ``train_seconds`` so far, and that epoch's checkpoint, so a sweep can report them. ``resume_from`` continues from such a checkpoint; ``baseline``
+    ``train_seconds`` so far, and that epoch's checkpoint, so a sweep can report them.
+    ``resume_from`` continues from such a checkpoint; ``baseline``
     skips the baseline evaluation when the caller already has it.
     """
     from datasets import Dataset
@@ -251,13 +278,20 @@ def train(
     model, split, evaluator = prepare(config)
     if baseline is None:
         logger.info(
-            "baseline evaluation: %d queries against %d passages", len(evaluator.queries), len(evaluator.corpus)
+            "baseline evaluation: %d queries against %d passages",
+            len(evaluator.queries),
+            len(evaluator.corpus),
         )
         baseline = evaluator(model)
     result = TrainResult(
-        output_dir=config.output_dir, objective=config.objective, baseline=baseline,
-        train_pairs=len(split.train), eval_queries=len(evaluator.queries), eval_corpus=len(evaluator.corpus),
-        dropped=split.dropped, config=config.to_dict(),
+        output_dir=config.output_dir,
+        objective=config.objective,
+        baseline=baseline,
+        train_pairs=len(split.train),
+        eval_queries=len(evaluator.queries),
+        eval_corpus=len(evaluator.corpus),
+        dropped=split.dropped,
+        config=config.to_dict(),
     )
 
     output_dir = Path(config.output_dir)
@@ -269,8 +303,12 @@ def train(
         {"anchor": [p.query for p in split.train], "positive": [p.passage for p in split.train]}
     )
     trainer = SentenceTransformerTrainer(
-        model=model, args=training_args(config, checkpoints, save_each_epoch), train_dataset=train_dataset,
-        loss=build_loss(model, config), evaluator=evaluator, callbacks=[reporter],
+        model=model,
+        args=training_args(config, checkpoints, save_each_epoch),
+        train_dataset=train_dataset,
+        loss=build_loss(model, config),
+        evaluator=evaluator,
+        callbacks=[reporter],
     )
     trainer.train(resume_from_checkpoint=resume_from)
 
@@ -283,13 +321,16 @@ def train(
     _card_shows(model, evaluator, result.final)
     output_dir.mkdir(parents=True, exist_ok=True)
     model.save(str(output_dir))
+    write_matryoshka_info(output_dir, config.matryoshka_dims)
     shutil.rmtree(checkpoints, ignore_errors=True)
     result.seconds = time.perf_counter() - started
     (output_dir / "metrics.json").write_text(json.dumps(result.to_json(), indent=2))
     return result
 
 
-def _card_shows(model, evaluator: MatryoshkaInformationRetrievalEvaluator, metrics: dict[str, float]) -> None:
+def _card_shows(
+    model, evaluator: MatryoshkaInformationRetrievalEvaluator, metrics: dict[str, float]
+) -> None:
     # The card's tables hold the last evaluation; with load_best_model_at_end the saved model
     # can be an earlier epoch, so point each dim's table at the saved model's own numbers.
     for view in evaluator.dim_views:
@@ -312,7 +353,10 @@ def format_table(result: TrainResult, metric: str = "cosine_map@100") -> str:
     for dim in dims_of(result):
         key = f"dim_{dim}_{metric}"
         before, after = result.baseline[key], result.final[key]
-        lines.append(f"| {dim} | {before:.4f} | {after:.4f} | {after - before:+.4f} ({(after / before - 1) * 100 if before else float('inf'):+.1f}%) |")
+        lines.append(
+            f"| {dim} | {before:.4f} | {after:.4f} | {after - before:+.4f} "
+            f"({(after / before - 1) * 100 if before else float('inf'):+.1f}%) |"
+        )
     return "\n".join(lines)
 
 
@@ -334,8 +378,7 @@ keys:
 """
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _main(argv: list[str]) -> int:
     if "-h" in argv or "--help" in argv:
         print(USAGE + config_lib.describe())
         return 0
@@ -343,20 +386,11 @@ def main(argv: list[str] | None = None) -> int:
     if "--config" in argv:
         i = argv.index("--config")
         if i + 1 >= len(argv):
-            print("error: --config needs a file", file=sys.stderr)
-            return 2
+            raise ConfigError("--config needs a file")
         config_path = argv[i + 1]
         del argv[i : i + 2]
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    # sentence-transformers logs every metric of every dim at INFO; the table below says it once.
-    logging.getLogger("sentence_transformers.sentence_transformer.evaluation.information_retrieval").setLevel(
-        logging.WARNING
-    )
-    try:
-        config = config_lib.load(config_path, config_lib.parse_overrides(argv))
-    except config_lib.ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    cli.setup_logging()
+    config = config_lib.load(config_path, config_lib.parse_overrides(argv))
     result = train(config)
     print()
     print(
@@ -366,6 +400,11 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(result))
     print(f"\nmodel: {result.output_dir}  (metrics.json and README.md model card inside)")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m trainers.train`` and ``matryoshka-train``: bad config, data or model exit 2."""
+    return cli.run(_main, argv)
 
 
 if __name__ == "__main__":

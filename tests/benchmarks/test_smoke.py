@@ -12,8 +12,18 @@ REPO = Path(__file__).resolve().parents[2]
 
 def smoke(script: str, results: Path, *extra: str, timeout: int = 300) -> str:
     done = subprocess.run(
-        [sys.executable, f"benchmarks/{script}.py", "--smoke", "--results-dir", str(results), *extra],
-        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+        [
+            sys.executable,
+            f"benchmarks/{script}.py",
+            "--smoke",
+            "--results-dir",
+            str(results),
+            *extra,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = (results / f"{script}.md").read_text()
@@ -39,8 +49,14 @@ def test_quality_smoke(tmp_path):
 
     best = tmp_path / "sweep" / "best"
     best.mkdir(parents=True)
-    config = TrainConfig(model="bundled:tiny", max_pairs=800, epochs=1, batch_size=16, learning_rate=1e-3,
-                         matryoshka_weights=(2.0, 1.0, 1.0, 0.5))
+    config = TrainConfig(
+        model="bundled:tiny",
+        max_pairs=800,
+        epochs=1,
+        batch_size=16,
+        learning_rate=1e-3,
+        matryoshka_weights=(2.0, 1.0, 1.0, 0.5),
+    )
     (best / "metrics.json").write_text(json.dumps({"config": config.to_dict()}))
     text = smoke("quality", tmp_path / "results", "--sweep", str(tmp_path / "sweep"))
     for label in ("base", "seed recipe", "sweep's best"):

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+import sweeps
 from tests.cluster import twin
 
 pytestmark = pytest.mark.slow
@@ -40,22 +41,45 @@ def fake_cluster_config(name: str, gcs_address: str) -> dict:
     return {
         "cluster_name": name,
         "max_workers": WORKER_MAX,
-        "provider": {"type": "fake_multinode", "use_node_id_as_ip": True, "gcs_address": gcs_address,
-                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        "provider": {
+            "type": "fake_multinode",
+            "use_node_id_as_ip": True,
+            "gcs_address": gcs_address,
+            "disable_node_updaters": True,
+            "disable_launch_config_check": True,
+        },
         "available_node_types": {
-            # The head's resources must match what `ray start --head` gives it: cluster.yaml's CPU: 0.
-            "ray.head.default": {"resources": dict(head["resources"]), "node_config": {}, "max_workers": 0},
-            "gpu_worker": {"resources": {"CPU": 1, "object_store_memory": 150 * 2**20}, "node_config": {},
-                           "min_workers": 0, "max_workers": WORKER_MAX},
+            # The head's resources must match what `ray start --head` gives it: cluster.yaml's CPU:
+            # 0.
+            "ray.head.default": {
+                "resources": dict(head["resources"]),
+                "node_config": {},
+                "max_workers": 0,
+            },
+            "gpu_worker": {
+                "resources": {"CPU": 1, "object_store_memory": 150 * 2**20},
+                "node_config": {},
+                "min_workers": 0,
+                "max_workers": WORKER_MAX,
+            },
         },
         "head_node_type": "ray.head.default",
         "upscaling_speed": 1.0,
         "idle_timeout_minutes": IDLE_TIMEOUT_MIN,
         # Not used by the fake provider, but the autoscaler reads them.
-        "auth": {}, "docker": {}, "file_mounts": {}, "cluster_synced_files": [],
-        "file_mounts_sync_continuously": False, "rsync_exclude": [], "rsync_filter": [],
-        "initialization_commands": [], "setup_commands": [], "head_setup_commands": [],
-        "worker_setup_commands": [], "head_start_ray_commands": [], "worker_start_ray_commands": [],
+        "auth": {},
+        "docker": {},
+        "file_mounts": {},
+        "cluster_synced_files": [],
+        "file_mounts_sync_continuously": False,
+        "rsync_exclude": [],
+        "rsync_filter": [],
+        "initialization_commands": [],
+        "setup_commands": [],
+        "head_setup_commands": [],
+        "worker_setup_commands": [],
+        "head_start_ray_commands": [],
+        "worker_start_ray_commands": [],
     }
 
 
@@ -66,7 +90,9 @@ def trial_pids_by_node() -> dict[int, int]:
         if proc.name.isdigit():
             try:
                 stat = (proc / "stat").read_text()
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                cmdline = (
+                    (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                )
             except OSError:
                 continue
             parents[int(proc.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
@@ -107,9 +133,15 @@ def fake_cluster(debian_pairs):
     root = Path(tempfile.mkdtemp(prefix="fc-", dir="/tmp"))
     home = root / "home"
     home.mkdir()
-    env = {**os.environ, "HOME": str(home), "MATRYOSHKA_CACHE": str(cache_dir()),
-           "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1", "RAY_enable_autoscaler_v2": "0",
-           "RAY_AUTH_MODE": "token"}
+    env = {
+        **os.environ,
+        "HOME": str(home),
+        "MATRYOSHKA_CACHE": str(cache_dir()),
+        "RAY_FAKE_CLUSTER": "1",
+        "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+        "RAY_enable_autoscaler_v2": "0",
+        "RAY_AUTH_MODE": "token",
+    }
     for key in ("RAY_ADDRESS", "VIRTUAL_ENV"):
         env.pop(key, None)
     port = twin.free_port()
@@ -117,14 +149,35 @@ def fake_cluster(debian_pairs):
     config = root / "fake.yaml"
     config.write_text(yaml.safe_dump(fake_cluster_config(f"fake-{root.name[3:].lower()}", address)))
     assert twin.ray_cli("get-auth-token", "--generate", env=env, timeout=60).returncode == 0
-    started = twin.ray_cli("start", "--head", f"--port={port}", "--num-cpus=0", "--num-gpus=0",
-                           f"--object-store-memory={200 * 2**20}", "--include-dashboard=false",
-                           f"--autoscaling-config={config}", env=env, timeout=120)
+    started = twin.ray_cli(
+        "start",
+        "--head",
+        f"--port={port}",
+        "--num-cpus=0",
+        "--num-gpus=0",
+        f"--object-store-memory={200 * 2**20}",
+        "--include-dashboard=false",
+        f"--autoscaling-config={config}",
+        env=env,
+        timeout=120,
+    )
     assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
     watch_out = root / "nodes.txt"
-    watch = subprocess.Popen([sys.executable, str(Path(__file__).with_name("node_watch.py")), address, str(watch_out)],
-                             env=env, cwd=REPO, start_new_session=True, stderr=subprocess.DEVNULL)
-    state = {"root": root, "home": home, "env": env, "address": address, "watch_out": watch_out, "watch": watch}
+    watch = subprocess.Popen(
+        [sys.executable, str(Path(__file__).with_name("node_watch.py")), address, str(watch_out)],
+        env=env,
+        cwd=REPO,
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
+    state = {
+        "root": root,
+        "home": home,
+        "env": env,
+        "address": address,
+        "watch_out": watch_out,
+        "watch": watch,
+    }
     try:
         yield state
     finally:
@@ -137,7 +190,7 @@ def fake_cluster(debian_pairs):
 
 
 def node_counts(path: Path, since: float) -> list[tuple[float, int, int]]:
-    """(seconds after ``since`` (unix time), alive nodes, alive workers) from node_watch.py's file."""
+    """(seconds after ``since`` (unix), alive nodes, alive workers) from node_watch.py's file."""
     if not path.exists():
         return []
     rows = []
@@ -150,12 +203,27 @@ def node_counts(path: Path, since: float) -> list[tuple[float, int, int]]:
 
 def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cluster):
     env, root, address = fake_cluster["env"], fake_cluster["root"], fake_cluster["address"]
-    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "fake-smoke", "--no-wandb",
-               "--address", address, "--storage_path", str(root / "sweeps"),
-               "--num-samples", "3", "--max_failures", "1"]
+    command = [
+        sys.executable,
+        "sweeps/run.py",
+        "--smoke-test",
+        "--name",
+        "fake-smoke",
+        "--no-wandb",
+        "--address",
+        address,
+        "--storage_path",
+        str(root / "sweeps"),
+        "--num-samples",
+        "3",
+        "--max_failures",
+        "1",
+    ]
     log = (root / "sweep.log").open("w")
     started, started_unix = time.monotonic(), time.time()
-    sweep = subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sweep = subprocess.Popen(
+        command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     killed = None
     try:
         # Kill the node of a trial in mid-run: one whose process has been training for 5 s (a
@@ -190,11 +258,11 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
     assert (out / "best" / "model.safetensors").is_file()
     # The killed node's trial hit an error (Tune keeps it in the trial folder) and was then
     # retried from its checkpoint (max_failures: 1) or recorded as failed: never left hanging.
-    errors = {p.parent.name: p.read_text() for p in out.glob("trial_*/error.txt")}
+    errors = [t.trial_id for t in sweeps.trial_results(out) if t.failed_once]
     assert errors, "no trial saw the node die"
     assert all(r["status"] for r in rows)
     outcome = {r["trial"]: r["status"] for r in rows}
-    retried = {name: outcome.get(name.removeprefix("trial_"), "?") for name in errors}
+    retried = {name: outcome.get(name, "?") for name in errors}
 
     # Scale down: the workers idle out (idle_timeout_minutes) after the sweep.
     deadline = time.monotonic() + 120
@@ -206,9 +274,14 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
     counts = node_counts(fake_cluster["watch_out"], started_unix)
     most = max(c[1] for c in counts)
     timeline = [counts[0]] + [c for i, c in enumerate(counts[1:], 1) if c[1] != counts[i - 1][1]]
-    summary = {"killed_at_s": killed[0], "sweep_s": round(sweep_seconds, 1), "max_nodes": most,
-               "node_count_changes": [(t, n) for t, n, _ in timeline], "trials_with_node_error": retried,
-               "error": next(iter(errors.values())).strip().splitlines()[-1][:200]}
+    summary = {
+        "killed_at_s": killed[0],
+        "sweep_s": round(sweep_seconds, 1),
+        "max_nodes": most,
+        "node_count_changes": [(t, n) for t, n, _ in timeline],
+        "trials_with_node_error": retried,
+        "error": next(iter(errors.values())).strip().splitlines()[-1][:200],
+    }
     print("\nautoscaling:", json.dumps(summary))
     (root / "summary.json").write_text(json.dumps(summary))
     assert most >= 3, f"expected the head and 2 workers at the peak, saw {timeline}"

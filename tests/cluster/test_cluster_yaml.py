@@ -1,4 +1,4 @@
-"""cluster.yaml and the cluster sweep config, checked by Ray's own code and by what the README promises."""
+"""cluster.yaml and the cluster sweep config, checked by Ray's own code and the README's claims."""
 
 from __future__ import annotations
 
@@ -40,7 +40,9 @@ def test_the_head_runs_no_trials_and_has_no_gpu(prepared):
 
 
 def test_every_worker_type_requests_a_gpu_and_scales_from_zero(prepared):
-    workers = {k: v for k, v in prepared["available_node_types"].items() if k != prepared["head_node_type"]}
+    workers = {
+        k: v for k, v in prepared["available_node_types"].items() if k != prepared["head_node_type"]
+    }
     assert workers
     for name, node in workers.items():
         assert node["resources"].get("GPU", 0) >= 1, name
@@ -82,8 +84,12 @@ def test_a_comment_above_every_key():
     for number, line in enumerate(lines):
         if not key.match(line) or line.lstrip().startswith("#"):
             continue
-        above = next((previous.strip() for previous in reversed(lines[:number]) if previous.strip()), "")
-        assert above.startswith("#"), f"cluster.yaml line {number + 1} has no comment above: {line.strip()}"
+        above = next(
+            (previous.strip() for previous in reversed(lines[:number]) if previous.strip()), ""
+        )
+        assert above.startswith("#"), (
+            f"cluster.yaml line {number + 1} has no comment above: {line.strip()}"
+        )
 
 
 def test_the_cluster_sweep_uses_shared_storage_and_the_local_one_does_not():
@@ -102,6 +108,8 @@ def test_the_cluster_sweep_uses_shared_storage_and_the_local_one_does_not():
 def test_the_placeholder_bucket_is_refused_before_ray_starts(capsys, monkeypatch):
     from sweeps import run
 
-    monkeypatch.setattr("sweeps.tune_run.run_sweep", lambda *a, **k: pytest.fail("Ray must not start"))
+    monkeypatch.setattr(
+        "sweeps.tune_run.run_sweep", lambda *a, **k: pytest.fail("Ray must not start")
+    )
     assert run.main(["--config", "sweeps/configs/cluster.yaml"]) == 2
     assert "--storage_path s3://<your bucket>" in capsys.readouterr().err

@@ -47,18 +47,34 @@ def cluster(debian_pairs):
     sshd = twin.Sshd(root, head_home).start()
     twin.prepare_head_home(head_home, cache_dir())
     name = f"twin-{root.name[3:].lower()}"
-    config = twin.write_twin(root / "twin.yaml", twin.twin_config(
-        yaml.safe_load((REPO / "cluster.yaml").read_text()), name=name, sshd=sshd))
+    config = twin.write_twin(
+        root / "twin.yaml",
+        twin.twin_config(yaml.safe_load((REPO / "cluster.yaml").read_text()), name=name, sshd=sshd),
+    )
     # The machine `ray up` runs on: its own HOME (so ~/.ray/auth_token is this test's).
     env = {**os.environ, "HOME": str(local_home)}
     for key in ("RAY_ADDRESS", "RAY_AUTH_MODE", "VIRTUAL_ENV"):
         env.pop(key, None)
     log: list = []
-    state = {"root": root, "config": config, "env": env, "log": log, "head_home": head_home, "sshd": sshd}
+    state = {
+        "root": root,
+        "config": config,
+        "env": env,
+        "log": log,
+        "head_home": head_home,
+        "sshd": sshd,
+    }
     try:
-        step(log, "ray get-auth-token --generate",
-             twin.ray_cli("get-auth-token", "--generate", env=env, timeout=60))
-        step(log, "ray up cluster.yaml", twin.ray_cli("up", str(config), "-y", "--no-config-cache", env=env, timeout=600))
+        step(
+            log,
+            "ray get-auth-token --generate",
+            twin.ray_cli("get-auth-token", "--generate", env=env, timeout=60),
+        )
+        step(
+            log,
+            "ray up cluster.yaml",
+            twin.ray_cli("up", str(config), "-y", "--no-config-cache", env=env, timeout=600),
+        )
         yield state
     finally:
         if "down" not in state:  # the test failed before its own `ray down`
@@ -74,18 +90,37 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
     bucket = f"file://{root / 'bucket'}"
 
     # The sweep, the way the README runs it on the head; the smoke test keeps it to a minute.
-    sweep = twin.ray_cli("exec", str(config),
-                         "cd ~/matryoshka-sweeps && WANDB_API_KEY= python sweeps/run.py --config sweeps/configs/cluster.yaml "
-                         f"--smoke-test --name twin-smoke --storage_path {bucket}",
-                         env=env, timeout=900)
-    step(log, "ray exec: python sweeps/run.py --config sweeps/configs/cluster.yaml --smoke-test", sweep)
+    sweep = twin.ray_cli(
+        "exec",
+        str(config),
+        "cd ~/matryoshka-sweeps && WANDB_API_KEY= python sweeps/run.py --config "
+        "sweeps/configs/cluster.yaml "
+        f"--smoke-test --name twin-smoke --storage_path {bucket}",
+        env=env,
+        timeout=900,
+    )
+    step(
+        log,
+        "ray exec: python sweeps/run.py --config sweeps/configs/cluster.yaml --smoke-test",
+        sweep,
+    )
     assert "joining the Ray cluster started on this machine" in sweep.stdout + sweep.stderr
     assert f"in storage: {bucket}/twin-smoke/best" in sweep.stdout
 
     # The export, fetched with ray rsync-down as the README says, is a real model.
     fetched = root / "fetched"
-    step(log, "ray rsync-down runs/twin-smoke", twin.ray_cli(
-        "rsync-down", str(config), "~/matryoshka-sweeps/runs/twin-smoke/", str(fetched) + "/", env=env, timeout=300))
+    step(
+        log,
+        "ray rsync-down runs/twin-smoke",
+        twin.ray_cli(
+            "rsync-down",
+            str(config),
+            "~/matryoshka-sweeps/runs/twin-smoke/",
+            str(fetched) + "/",
+            env=env,
+            timeout=300,
+        ),
+    )
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(str(fetched / "best"), device="cpu")
@@ -103,8 +138,17 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
     app["args"]["model"] = f"{bucket}/twin-smoke/best"
     app["deployments"][0]["ray_actor_options"] = {"num_cpus": 0.5}
     (cluster["head_home"] / "serve-twin.yaml").write_text(yaml.safe_dump(serve_config))
-    step(log, "ray exec: serve deploy serve/cluster.yaml", twin.ray_cli(
-        "exec", str(config), "cd ~/matryoshka-sweeps && serve deploy ~/serve-twin.yaml", env=env, timeout=300))
+    step(
+        log,
+        "ray exec: serve deploy serve/cluster.yaml",
+        twin.ray_cli(
+            "exec",
+            str(config),
+            "cd ~/matryoshka-sweeps && serve deploy ~/serve-twin.yaml",
+            env=env,
+            timeout=300,
+        ),
+    )
     deadline = time.monotonic() + 180
     ready = False
     while not ready and time.monotonic() < deadline:
@@ -113,18 +157,31 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
         except httpx.HTTPError:
             pass
         time.sleep(1)
-    log.append(("Serve app healthy", round(180 - (deadline - time.monotonic()), 1), 0 if ready else 1))
+    log.append(
+        ("Serve app healthy", round(180 - (deadline - time.monotonic()), 1), 0 if ready else 1)
+    )
     assert ready, "the cluster's Serve app never became healthy"
     # The README's query, run on the head.
-    curl = twin.ray_cli("exec", str(config), f"curl -s 127.0.0.1:{port}/v1/embeddings -H 'Content-Type: application/json' "
-                        """-d '{"input": ["a terminal text editor"], "dimensions": 64}'""", env=env, timeout=120)
+    curl = twin.ray_cli(
+        "exec",
+        str(config),
+        f"curl -s 127.0.0.1:{port}/v1/embeddings -H 'Content-Type: application/json' "
+        """-d '{"input": ["a terminal text editor"], "dimensions": 64}'""",
+        env=env,
+        timeout=120,
+    )
     step(log, "ray exec: curl /v1/embeddings", curl)
-    body = json.loads(next(line for line in reversed(curl.stdout.splitlines()) if line.startswith("{")))
+    body = json.loads(
+        next(line for line in reversed(curl.stdout.splitlines()) if line.startswith("{"))
+    )
     served = np.array(body["data"][0]["embedding"])
     expected = vector[:64] / np.linalg.norm(vector[:64])
     assert np.allclose(served, expected, atol=1e-5)
-    step(log, "ray exec: serve shutdown", twin.ray_cli(
-        "exec", str(config), "serve shutdown -y", env=env, timeout=120))
+    step(
+        log,
+        "ray exec: serve shutdown",
+        twin.ray_cli("exec", str(config), "serve shutdown -y", env=env, timeout=120),
+    )
 
     down = twin.ray_cli("down", str(config), "-y", env=env, timeout=300)
     cluster["down"] = down
@@ -133,6 +190,8 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
     # says so and still exits 0 (DESIGN.md), leaving the head running: look for it.
     assert "command not found" not in down.stdout + down.stderr
     deadline = time.monotonic() + 30
-    while (leftovers := twin.processes_of(str(cluster["head_home"]))) and time.monotonic() < deadline:
+    while (
+        leftovers := twin.processes_of(str(cluster["head_home"]))
+    ) and time.monotonic() < deadline:
         time.sleep(1)
     assert not leftovers, "processes of the twin head left after ray down:\n" + "\n".join(leftovers)

@@ -27,7 +27,13 @@ from pathlib import Path
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-TOOLS = {"sshd": "/usr/sbin/sshd", "rsync": "rsync", "nc": "nc", "ssh": "ssh", "ssh-keygen": "ssh-keygen"}
+TOOLS = {
+    "sshd": "/usr/sbin/sshd",
+    "rsync": "rsync",
+    "nc": "nc",
+    "ssh": "ssh",
+    "ssh-keygen": "ssh-keygen",
+}
 INSTALL_HINT = "make test-deps (apt-get install openssh-server rsync netcat-openbsd)"
 
 
@@ -50,21 +56,27 @@ class Sshd:
         self.key = root / "id_ed25519"
         self.process: subprocess.Popen | None = None
 
-    def start(self) -> "Sshd":
+    def start(self) -> Sshd:
         for key in (self.root / "host_key", self.key):
-            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True
+            )
         shutil.copy(self.key.with_suffix(".pub"), self.root / "authorized_keys")
         config = self.root / "sshd_config"
         config.write_text(
             f"ListenAddress 127.0.0.1\nPort {self.port}\nHostKey {self.root / 'host_key'}\n"
-            f"PidFile {self.root / 'sshd.pid'}\nAuthorizedKeysFile {self.root / 'authorized_keys'}\n"
-            "PermitRootLogin prohibit-password\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-            f"UsePAM no\nStrictModes no\nMaxStartups 100\nMaxSessions 100\nSetEnv HOME={self.home}\n"
+            f"PidFile {self.root / 'sshd.pid'}\nAuthorizedKeysFile "
+            f"{self.root / 'authorized_keys'}\n"
+            "PermitRootLogin prohibit-password\nPasswordAuthentication "
+            "no\nKbdInteractiveAuthentication no\n"
+            "UsePAM no\nStrictModes no\nMaxStartups 100\nMaxSessions 100\nSetEnv "
+            f"HOME={self.home}\n"
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
         # -D: stays in the foreground as our child, so the test owns (and kills) it.
         self.process = subprocess.Popen(
-            [TOOLS["sshd"], "-D", "-f", str(config), "-E", str(self.root / "sshd.log")], start_new_session=True
+            [TOOLS["sshd"], "-D", "-f", str(config), "-E", str(self.root / "sshd.log")],
+            start_new_session=True,
         )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -86,16 +98,23 @@ class Sshd:
 
 
 def prepare_head_home(home: Path, data_cache: Path | None) -> None:
-    """What the node image provides: Python with the dependencies, offline pip and hub, the data cache."""
+    """What the node image provides: Python with the dependencies, offline pip and hub, the
+    data cache."""
     venv = home / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
-    site = venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)],
+        check=True,
+    )
+    site = (
+        venv / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    )
     # The project's .venv packages (torch, Ray, sentence-transformers...) under the new venv; pip
     # runs from there too (python -m pip), so `pip install` in setup_commands targets the new venv.
     (site / "project-venv.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    (venv / "bin" / "pip").write_text(f"#!/bin/sh\nexec {venv / 'bin' / 'python'} -m pip \"$@\"\n")
+    (venv / "bin" / "pip").write_text(f'#!/bin/sh\nexec {venv / "bin" / "python"} -m pip "$@"\n')
     (venv / "bin" / "pip").chmod(0o755)
-    # The image's commands (ray, serve, wandb...): the .venv's launchers, run by the new venv's Python.
+    # The image's commands (ray, serve, wandb...): the .venv's launchers, run by the new venv's
+    # Python.
     shebang = f"#!{Path(sys.prefix) / 'bin' / 'python'}"
     for script in (Path(sys.prefix) / "bin").iterdir():
         target = venv / "bin" / script.name
@@ -109,9 +128,11 @@ def prepare_head_home(home: Path, data_cache: Path | None) -> None:
                 target.chmod(0o755)
     (home / ".bashrc").write_text(
         f"export PATH={venv / 'bin'}:$PATH\n"
-        # pip: offline, and the build backend from the environment (no isolated build env from PyPI).
+        # pip: offline, and the build backend from the environment (no isolated build env from
+        # PyPI).
         "export PIP_NO_INDEX=1 PIP_NO_BUILD_ISOLATION=0 PIP_DISABLE_PIP_VERSION_CHECK=1\n"
-        "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false\n"
+        "export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 "
+        "TOKENIZERS_PARALLELISM=false\n"
     )
     if data_cache is not None:
         target = home / ".cache" / "matryoshka-sweeps"
@@ -122,18 +143,26 @@ def prepare_head_home(home: Path, data_cache: Path | None) -> None:
 
 def twin_config(cluster: dict, *, name: str, sshd: Sshd) -> dict:
     """cluster.yaml for the local provider: the same mounts and commands, the head at 127.0.0.1."""
-    twin = {k: v for k, v in cluster.items() if k not in (
-        "docker",                 # no container runtime here; the venv plays the image
-        "available_node_types",   # the local provider has one node type of its own
-        "head_node_type",
-        "head_setup_commands",    # boto3, for the AWS node provider only
-    )}
+    twin = {
+        k: v
+        for k, v in cluster.items()
+        if k
+        not in (
+            "docker",  # no container runtime here; the venv plays the image
+            "available_node_types",  # the local provider has one node type of its own
+            "head_node_type",
+            "head_setup_commands",  # boto3, for the AWS node provider only
+        )
+    }
     twin.update(
         cluster_name=name,
         max_workers=0,
         provider={"type": "local", "head_ip": "127.0.0.1", "worker_ips": []},
-        auth={"ssh_user": os.environ.get("USER") or "root", "ssh_private_key": str(sshd.key),
-              "ssh_proxy_command": f"nc 127.0.0.1 {sshd.port}"},
+        auth={
+            "ssh_user": os.environ.get("USER") or "root",
+            "ssh_private_key": str(sshd.key),
+            "ssh_proxy_command": f"nc 127.0.0.1 {sshd.port}",
+        },
     )
     return twin
 
@@ -143,11 +172,15 @@ def write_twin(path: Path, twin: dict) -> Path:
     return path
 
 
-def ray_cli(*args: str, env: dict[str, str], timeout: float, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def ray_cli(
+    *args: str, env: dict[str, str], timeout: float, cwd: Path = REPO
+) -> subprocess.CompletedProcess:
     """Run Ray's CLI of this environment, as a user would, and keep its output."""
     ray = Path(sys.executable).with_name("ray")
     started = time.monotonic()
-    done = subprocess.run([str(ray), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    done = subprocess.run(
+        [str(ray), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
     done.seconds = time.monotonic() - started  # type: ignore[attr-defined]
     return done
 

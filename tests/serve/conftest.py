@@ -16,26 +16,30 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def serve_url():
     import serve.app  # noqa: F401  (first: it picks Serve's ingress before Ray starts)
+
+    # isort: split
     import ray
-    from ray import serve
+    from ray import serve as ray_serve
 
     if ray.is_initialized():
         ray.shutdown()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     port = free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
-    serve.shutdown()
+    ray_serve.shutdown()
     ray.shutdown()
 
 
 def deploy(serve_url: str, args: dict, name: str, route_prefix: str, **options) -> str:
-    """Deploy EmbeddingService as app ``name`` at ``route_prefix``; return its base URL once healthy."""
+    """Deploy EmbeddingService as app ``name`` at ``route_prefix``; its base URL once healthy."""
     from serve.app import ServeArgs, start, wait_healthy
 
     port = int(serve_url.rsplit(":", 1)[1])
     options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, **options}
-    start(ServeArgs(**args), "127.0.0.1", port, options=options, name=name, route_prefix=route_prefix)
+    start(
+        ServeArgs(**args), "127.0.0.1", port, options=options, name=name, route_prefix=route_prefix
+    )
     url = serve_url + route_prefix.rstrip("/")
     wait_healthy(url)
     return url

@@ -18,15 +18,36 @@ import pytest
 from sentence_transformers import SentenceTransformer
 
 from tests.serve.conftest import deploy, free_port
+from trainers.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPT = "query: "
 
 
+TRAINED_DIMS = (384, 128, 64)
+
+
 @pytest.fixture(scope="module")
-def tiny_app(serve_url, tiny_model_path):
-    url = deploy(serve_url, {"model": str(tiny_model_path), "name": "tiny", "query_prompt": PROMPT, "max_inputs": 8,
-                             "max_body_bytes": 64 * 1024}, "tiny", "/tiny")
+def tiny_app(serve_url, tiny_model_path, tmp_path_factory):
+    import shutil
+
+    from trainers.models import write_matryoshka_info
+
+    # A copy that says which dims it was trained on, as every exported model does.
+    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp("served") / "tiny")
+    write_matryoshka_info(folder, TRAINED_DIMS)
+    url = deploy(
+        serve_url,
+        {
+            "model": str(folder),
+            "name": "tiny",
+            "query_prompt": PROMPT,
+            "max_inputs": 8,
+            "max_body_bytes": 64 * 1024,
+        },
+        "tiny",
+        "/tiny",
+    )
     return url, SentenceTransformer(str(tiny_model_path), device="cpu")
 
 
@@ -44,6 +65,23 @@ def test_health_and_models(tiny_app):
     assert httpx.get(f"{url}/health").json() == {"status": "ok", "model": "tiny"}
     models = httpx.get(f"{url}/v1/models").json()
     assert models["data"][0]["id"] == "tiny" and models["data"][0]["dimensions"] == 384
+    assert models["data"][0]["matryoshka_dimensions"] == list(TRAINED_DIMS)
+
+
+def test_a_dimension_the_model_was_not_trained_on_is_served_but_flagged(tiny_app):
+    url, model = tiny_app
+    trained = post(url, {"input": "a text editor", "dimensions": 128})
+    assert trained.status_code == 200 and "x-dimensions-untrained" not in trained.headers
+    untrained = post(url, {"input": "a text editor", "dimensions": 100})
+    assert untrained.status_code == 200 and untrained.headers["x-dimensions-untrained"] == "100"
+    expected = unit(model.encode(["a text editor"])[0][:100])
+    np.testing.assert_allclose(untrained.json()["data"][0]["embedding"], expected, atol=1e-5)
+
+
+def test_unknown_routes_answer_in_the_error_envelope(tiny_app):
+    url, _ = tiny_app
+    reply = httpx.get(f"{url}/v1/nothing-here", timeout=30)
+    assert reply.status_code == 404 and reply.json()["error"]["message"]
 
 
 def test_embeddings_equal_in_process_encode_full_and_truncated(tiny_app):
@@ -51,7 +89,9 @@ def test_embeddings_equal_in_process_encode_full_and_truncated(tiny_app):
     texts = ["a terminal text editor", "Python bindings for Qt", "network time daemon"]
     reply = post(url, {"input": texts, "model": "tiny"}).json()
     assert reply["object"] == "list" and reply["model"] == "tiny"
-    assert [d["index"] for d in reply["data"]] == [0, 1, 2] and reply["data"][0]["object"] == "embedding"
+    assert [d["index"] for d in reply["data"]] == [0, 1, 2] and reply["data"][0][
+        "object"
+    ] == "embedding"
     # usage counts the model's own tokens (special tokens included), as the replica encodes them
     tokens = sum(len(ids) for ids in model.tokenizer(texts, truncation=True)["input_ids"])
     assert reply["usage"] == {"prompt_tokens": tokens, "total_tokens": tokens}
@@ -74,14 +114,24 @@ def test_each_response_says_its_batch_size(tiny_app):
 
 def test_base64_encoding_and_query_prompt(tiny_app):
     url, model = tiny_app
-    reply = post(url, {"input": "text editor", "encoding_format": "base64", "dimensions": 128}).json()
+    reply = post(
+        url, {"input": "text editor", "encoding_format": "base64", "dimensions": 128}
+    ).json()
     vector = np.frombuffer(base64.b64decode(reply["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(vector, unit(model.encode(["text editor"])[0][:128]), atol=1e-5)
 
-    query = post(url, {"input": "text editor", "input_type": "query"}).json()["data"][0]["embedding"]
-    document = post(url, {"input": "text editor", "input_type": "document"}).json()["data"][0]["embedding"]
-    np.testing.assert_allclose(query, model.encode([PROMPT + "text editor"], normalize_embeddings=True)[0], atol=1e-5)
-    np.testing.assert_allclose(document, model.encode(["text editor"], normalize_embeddings=True)[0], atol=1e-5)
+    query = post(url, {"input": "text editor", "input_type": "query"}).json()["data"][0][
+        "embedding"
+    ]
+    document = post(url, {"input": "text editor", "input_type": "document"}).json()["data"][0][
+        "embedding"
+    ]
+    np.testing.assert_allclose(
+        query, model.encode([PROMPT + "text editor"], normalize_embeddings=True)[0], atol=1e-5
+    )
+    np.testing.assert_allclose(
+        document, model.encode(["text editor"], normalize_embeddings=True)[0], atol=1e-5
+    )
 
 
 def test_the_openai_client_works_unchanged(tiny_app):
@@ -89,9 +139,13 @@ def test_the_openai_client_works_unchanged(tiny_app):
 
     url, model = tiny_app
     client = OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=30)
-    created = client.embeddings.create(model="tiny", input=["a text editor", "a web browser"], dimensions=64)
+    created = client.embeddings.create(
+        model="tiny", input=["a text editor", "a web browser"], dimensions=64
+    )
     assert len(created.data) == 2 and len(created.data[0].embedding) == 64
-    np.testing.assert_allclose(created.data[1].embedding, unit(model.encode(["a web browser"])[0][:64]), atol=1e-5)
+    np.testing.assert_allclose(
+        created.data[1].embedding, unit(model.encode(["a web browser"])[0][:64]), atol=1e-5
+    )
     assert created.usage.prompt_tokens > 0
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
@@ -126,7 +180,12 @@ def test_every_bad_input_gets_a_4xx_envelope_and_no_replica_is_lost(tiny_app):
         ("oversized body", b'{"input": "' + b"x" * (65 * 1024) + b'"}', 413),
     ]
     for label, body, status in raw:
-        reply = httpx.post(f"{url}/v1/embeddings", content=body, headers={"content-type": "application/json"}, timeout=30)
+        reply = httpx.post(
+            f"{url}/v1/embeddings",
+            content=body,
+            headers={"content-type": "application/json"},
+            timeout=30,
+        )
         assert reply.status_code == status, label
         assert reply.json()["error"]["message"], label
     # A very long input is truncated to the model's max tokens, not an error.
@@ -137,10 +196,21 @@ def test_every_bad_input_gets_a_4xx_envelope_and_no_replica_is_lost(tiny_app):
 
 
 def test_api_key_is_required_when_configured(serve_url, tiny_model_path):
-    url = deploy(serve_url, {"model": str(tiny_model_path), "name": "locked", "api_key_env": "TEST_EMBEDDINGS_KEY"},
-                 "locked", "/locked", ray_actor_options={"num_cpus": 0.25, "runtime_env": {"env_vars": {"TEST_EMBEDDINGS_KEY": "s3cret"}}})
+    url = deploy(
+        serve_url,
+        {"model": str(tiny_model_path), "name": "locked", "api_key_env": "TEST_EMBEDDINGS_KEY"},
+        "locked",
+        "/locked",
+        ray_actor_options={
+            "num_cpus": 0.25,
+            "runtime_env": {"env_vars": {"TEST_EMBEDDINGS_KEY": "s3cret"}},
+        },
+    )
     assert post(url, {"input": "x"}).status_code == 401
-    assert post(url, {"input": "x"}, headers={"Authorization": "Bearer wrong"}).json()["error"]["type"] == "authentication_error"
+    assert (
+        post(url, {"input": "x"}, headers={"Authorization": "Bearer wrong"}).json()["error"]["type"]
+        == "authentication_error"
+    )
     assert post(url, {"input": "x"}, headers={"Authorization": "Bearer s3cret"}).status_code == 200
     from ray import serve
 
@@ -173,10 +243,24 @@ def _replicas(app: str) -> int:
 
 @pytest.mark.slow
 def test_autoscaling_goes_up_under_load_and_back_down(serve_url, tiny_model_path):
-    autoscaling = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1, "upscale_delay_s": 1,
-                   "downscale_delay_s": 3, "metrics_interval_s": 0.5, "look_back_period_s": 2}
-    url = deploy(serve_url, {"model": str(tiny_model_path), "name": "scaled"}, "scaled", "/scaled",
-                 num_replicas="auto", autoscaling_config=autoscaling, ray_actor_options={"num_cpus": 0.25})
+    autoscaling = {
+        "min_replicas": 1,
+        "max_replicas": 2,
+        "target_ongoing_requests": 1,
+        "upscale_delay_s": 1,
+        "downscale_delay_s": 3,
+        "metrics_interval_s": 0.5,
+        "look_back_period_s": 2,
+    }
+    url = deploy(
+        serve_url,
+        {"model": str(tiny_model_path), "name": "scaled"},
+        "scaled",
+        "/scaled",
+        num_replicas="auto",
+        autoscaling_config=autoscaling,
+        ray_actor_options={"num_cpus": 0.25},
+    )
     assert _replicas("scaled") == 1
     counts = [(0.0, 1)]
     started = time.monotonic()
@@ -219,13 +303,19 @@ def own_serve_env() -> dict[str, str]:
     and side ports must not collide (and a unix socket path must stay under 108 bytes, so no
     deep pytest tmp_path)."""
     short = tempfile.mkdtemp(prefix="hx", dir="/tmp")
-    return {**os.environ, "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short}/haproxy.cfg",
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short}/admin.sock",
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port())}
+    return {
+        **os.environ,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short}/admin.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }
 
 
 def _raylets() -> set[int]:
-    found = subprocess.run(["pgrep", "-f", "ray/core/src/ray/raylet/raylet"], capture_output=True, text=True)
+    found = subprocess.run(
+        ["pgrep", "-f", "ray/core/src/ray/raylet/raylet"], capture_output=True, text=True
+    )
     return {int(pid) for pid in found.stdout.split()}
 
 
@@ -235,8 +325,12 @@ def test_ctrl_c_stops_serve_and_the_ray_it_started(tiny_model_path):
     port = free_port()
     # SIG_DFL: a child of a non-interactive shell may inherit SIGINT ignored.
     child = subprocess.Popen(
-        [sys.executable, "serve/app.py", "--model", str(tiny_model_path), "--port", str(port)], cwd=REPO,
-        env=own_serve_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [sys.executable, "serve/app.py", "--model", str(tiny_model_path), "--port", str(port)],
+        cwd=REPO,
+        env=own_serve_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
@@ -260,10 +354,28 @@ def test_loadtest_smoke(tiny_model_path):
     port = free_port()
     env = own_serve_env()
     done = subprocess.run(
-        [sys.executable, "serve/loadtest.py", "--model", str(tiny_model_path), "--start", "--url",
-         f"http://127.0.0.1:{port}", "--clients", "1,4", "--requests", "24", "--time-limit", "30",
-         "--rounds", "2"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "serve/loadtest.py",
+            "--model",
+            str(tiny_model_path),
+            "--start",
+            "--url",
+            f"http://127.0.0.1:{port}",
+            "--clients",
+            "1,4",
+            "--requests",
+            "24",
+            "--time-limit",
+            "30",
+            "--rounds",
+            "2",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     lines = [line for line in done.stdout.splitlines() if line.startswith("|")]
@@ -272,14 +384,16 @@ def test_loadtest_smoke(tiny_model_path):
     column = [c.strip() for c in lines[0].strip("|").split("|")].index("ratio per round")
     for row in lines[2:]:
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert int(cells[1]) == 2 * 24 and len(cells[column].split()) == 2  # 2 rounds of 24 requests
+        assert (
+            int(cells[1]) == 2 * 24 and len(cells[column].split()) == 2
+        )  # 2 rounds of 24 requests
         assert float(cells[6]) >= 1.0  # mean batch, from the responses' X-Batch-Size
 
 
 def test_loadtest_refuses_other_hosts():
     from serve import loadtest
 
-    with pytest.raises(SystemExit, match="only targets this machine"):
+    with pytest.raises(ConfigError, match="only targets this machine"):
         loadtest.check_loopback("http://10.0.0.1:8000")
 
 
@@ -289,4 +403,7 @@ def test_loadtest_refuses_fewer_than_one(flag, capsys):
 
     with pytest.raises(SystemExit) as exited:
         loadtest.main(["--model", "bundled:tiny", flag, "0"])
-    assert exited.value.code == 2 and f"argument {flag}: 0: must be at least 1" in capsys.readouterr().err
+    assert (
+        exited.value.code == 2
+        and f"argument {flag}: 0: must be at least 1" in capsys.readouterr().err
+    )

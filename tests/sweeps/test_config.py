@@ -8,7 +8,7 @@ import yaml
 from sweeps import config as sweep_config
 from sweeps import run
 from sweeps.config import SweepConfig
-from trainers.config import ConfigError
+from trainers.config import ConfigError, TrainConfig
 from trainers.models import KNOWN_DIMS, declared_dim
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "sweeps" / "configs").glob("*.yaml"))
@@ -16,37 +16,56 @@ CONFIGS = sorted((Path(__file__).resolve().parents[2] / "sweeps" / "configs").gl
 
 def test_the_seed_model_configs_are_all_there():
     names = {p.stem for p in CONFIGS}
-    assert {"local", "financial-bge-base", "german-tax-bge-m3", "swahili-bge-base", "catalan-bge-m3", "qa-bge-small"} <= names
+    assert {
+        "local",
+        "financial-bge-base",
+        "german-tax-bge-m3",
+        "swahili-bge-base",
+        "catalan-bge-m3",
+        "qa-bge-small",
+    } <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_every_shipped_config_validates_and_its_dims_fit_the_model(path):
     config = sweep_config.load(path)
-    base = config.base_config()
+    base = config.train
     dim = declared_dim(base.model)
     assert dim is not None, f"{base.model}: add its dimension to KNOWN_DIMS"
     assert max(base.matryoshka_dims) <= dim
     run.check_model_dims(config)
-    assert config.params(), "a sweep searches something"
+    assert config.search, "a sweep searches something"
     if config.seed_recipe:
-        seed = config.first_points()[0]
+        seed = config.first_points[0]
         assert seed.get("learning_rate") == 2e-5 and seed.get("batch_size") == 32
         assert all(v == 1.0 for k, v in seed.items() if k.startswith("weight_"))
 
 
 def test_the_qa_config_is_a_single_dim_mnrl_run():
     config = sweep_config.load(next(p for p in CONFIGS if p.stem == "qa-bge-small"))
-    assert config.base_config().matryoshka_dims == (384,) == (KNOWN_DIMS["BAAI/bge-small-en-v1.5"],)
+    assert config.train.matryoshka_dims == (384,) == (KNOWN_DIMS["BAAI/bge-small-en-v1.5"],)
 
 
 def test_weights_expand_to_one_float_per_dim_and_map_back():
-    config = SweepConfig(
-        train={"matryoshka_dims": [384, 128, 64]},
-        search={"matryoshka_weights": {"uniform": [0.5, 2.0]}, "batch_size": {"choice": [16, 32]}},
-        seed_recipe=False,
+    config = sweep_config.parse(
+        {
+            "train": {"matryoshka_dims": [384, 128, 64]},
+            "search": {
+                "matryoshka_weights": {"uniform": [0.5, 2.0]},
+                "batch_size": {"choice": [16, 32]},
+            },
+            "seed_recipe": False,
+        }
     )
-    assert [p.key for p in config.params()] == ["weight_384", "weight_128", "weight_64", "batch_size"]
-    trial = config.trial_config({"weight_384": 2.0, "weight_128": 1.0, "weight_64": 0.5, "batch_size": 16})
+    assert [p.key for p in config.search] == [
+        "weight_384",
+        "weight_128",
+        "weight_64",
+        "batch_size",
+    ]
+    trial = config.trial_config(
+        {"weight_384": 2.0, "weight_128": 1.0, "weight_64": 0.5, "batch_size": 16}
+    )
     assert trial.matryoshka_weights == (2.0, 1.0, 0.5) and trial.batch_size == 16
 
 
@@ -67,18 +86,40 @@ GOOD = {
     "change, needle",
     [
         ({"num_sample": 3}, "num_sample"),
-        ({"search": {"learning_rate": {"loguniform": [1e-4, 1e-5]}}}, "search.learning_rate.loguniform: empty range"),
+        (
+            {"search": {"learning_rate": {"loguniform": [1e-4, 1e-5]}}},
+            "search.learning_rate.loguniform: empty range",
+        ),
         ({"search": {"batch_size": {"choice": [0, 16]}}}, "batch_size=0"),
         ({"search": {"lr": {"uniform": [0, 1]}}}, "unknown or unsearchable key(s) ['lr']"),
         ({"search": {"epochs": 3}}, "search.epochs=3"),
         ({"search": {"batch_size": {"gaussian": [1, 2]}}}, "unknown distribution 'gaussian'"),
-        ({"train": {"matryoshka_dims": [384, 64], "matryoshka_weights": [1, 1, 1]}}, "one weight per dim"),
+        (
+            {"train": {"matryoshka_dims": [384, 64], "matryoshka_weights": [1, 1, 1]}},
+            "one weight per dim",
+        ),
         ({"train": {"matryoshka_dims": [512, 64]}}, "exceed the dimension of bundled:minilm (384)"),
-        ({"points_to_evaluate": [{"learning_rate": 1e-5, "batch_size": 64}]}, "batch_size=64 is outside"),
-        ({"search": {"learning_rate": {"loguniform": [1e-5, 1e-4]}, "batch_size": {"choice": [16]}},
-          "seed_recipe": True}, "seed_recipe: batch_size=32 is outside"),
-        ({"search": {"matryoshka_weights": {"uniform": [0.5, 2]}}, "points_to_evaluate": [{"matryoshka_weights": [1, 1, 1]}]},
-         "3 weights for 2 dims"),
+        (
+            {"points_to_evaluate": [{"learning_rate": 1e-5, "batch_size": 64}]},
+            "batch_size=64 is outside",
+        ),
+        (
+            {
+                "search": {
+                    "learning_rate": {"loguniform": [1e-5, 1e-4]},
+                    "batch_size": {"choice": [16]},
+                },
+                "seed_recipe": True,
+            },
+            "seed_recipe: batch_size=32 is outside",
+        ),
+        (
+            {
+                "search": {"matryoshka_weights": {"uniform": [0.5, 2]}},
+                "points_to_evaluate": [{"matryoshka_weights": [1, 1, 1]}],
+            },
+            "3 weights for 2 dims",
+        ),
         ({"num_samples": 0}, "num_samples=0"),
         ({"checkpoints_to_keep": 5}, "checkpoints_to_keep=5"),
     ],
@@ -91,7 +132,10 @@ def test_bad_sweep_configs_fail_before_ray_starts(tmp_path, capsys, monkeypatch,
 
     monkeypatch.setattr(tune_run, "init_ray", no_ray)
     path = _write(tmp_path, {**GOOD, **change})
-    assert run.main(["--config", str(path), "--no-wandb", "--storage_path", str(tmp_path / "runs")]) == 2
+    assert (
+        run.main(["--config", str(path), "--no-wandb", "--storage_path", str(tmp_path / "runs")])
+        == 2
+    )
     assert needle in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
 
@@ -99,7 +143,49 @@ def test_bad_sweep_configs_fail_before_ray_starts(tmp_path, capsys, monkeypatch,
 def test_cli_overrides_fix_a_searched_key_and_reject_unknown_ones(tmp_path):
     path = _write(tmp_path, GOOD)
     config = sweep_config.load(path, {"batch_size": "16", "num_samples": "4"})
-    assert "batch_size" not in config.search and config.train["batch_size"] == "16"
-    assert config.num_samples == 4 and config.base_config().batch_size == 16
+    assert "batch_size" not in [p.key for p in config.search] and config.train.batch_size == 16
+    assert config.num_samples == 4
     with pytest.raises(ConfigError, match="--bogus"):
         sweep_config.load(path, {"bogus": "1"})
+
+
+def test_loading_the_default_sweep_builds_one_train_config(monkeypatch):
+    """Parsed once: the base TrainConfig is built once and the rest is typed parts."""
+    built = []
+    validator = TrainConfig.__pydantic_validator__
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(validator, name)
+
+        def validate_python(self, *args, **kwargs):
+            built.append(args[0])
+            return validator.validate_python(*args, **kwargs)
+
+    monkeypatch.setattr(TrainConfig, "__pydantic_validator__", Counting())
+    config = sweep_config.load(CONFIGS[0].with_name("local.yaml"))
+    assert len(built) == 1
+    assert isinstance(config, SweepConfig) and isinstance(config.train, TrainConfig)
+    assert config.first_points and all(isinstance(p, dict) for p in config.first_points)
+    # A trial's config is one more, built from the typed base (in the trial's own process).
+    config.trial_config(config.first_points[0])
+    assert len(built) == 2
+
+
+def test_the_typed_config_survives_pickling_unchanged():
+    import pickle
+
+    config = sweep_config.load(CONFIGS[0].with_name("local.yaml"))
+    assert pickle.loads(pickle.dumps(config)) == config
+
+
+def test_a_model_or_data_error_exits_2_with_one_line(tmp_path, capsys):
+    cases = [
+        (["--data", str(tmp_path / "missing.jsonl")], "no such file"),
+        (["--model", str(tmp_path / "no-model")], "no such folder"),
+    ]
+    for extra, needle in cases:
+        code = run.main(["--no-wandb", "--storage_path", str(tmp_path / "runs"), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err, err
+        assert err.startswith("error: ") and err.count("\n") == 1, err

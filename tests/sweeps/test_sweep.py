@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import sweeps
 from sweeps import run
 from sweeps.trainable import FAULT_ENV
 from tests.sweeps import wandb_records
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-    """One smoke sweep (3 trials, tiny model) whose first-point trial fails after its first epoch."""
+    """One smoke sweep (3 trials, tiny model) whose first-point trial fails after epoch 1."""
     import ray
 
     ray.shutdown()  # a sweep of its own: no Ray left over from other tests
@@ -87,49 +88,63 @@ def test_every_trial_logs_every_dim_to_wandb_offline(smoke_sweep):
         assert "objective" in keys
 
 
-def _trial_dirs(out: Path) -> list[Path]:
-    return [p for p in out.iterdir() if p.is_dir() and p.name.startswith("trial_")]
-
-
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
     storage = tmp_path / "runs"
-    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "killed", "--storage_path", str(storage)]
+    command = [
+        sys.executable,
+        "sweeps/run.py",
+        "--smoke-test",
+        "--name",
+        "killed",
+        "--storage_path",
+        str(storage),
+    ]
     # W&B stays on (offline): a restored sweep brings back its pickled W&B callback too.
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
     env["PYTHONUNBUFFERED"] = "1"
-    proc = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True,
-                            stdout=open(tmp_path / "first.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env=env,
+        start_new_session=True,
+        stdout=open(tmp_path / "first.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     out = storage / "killed"
     deadline = time.monotonic() + 300
-    finished: dict[str, str] = {}
+    finished: dict[str, list] = {}
     interrupted: list[str] = []
     try:
         # Kill it hard once one trial has finished and another holds a checkpoint mid-run.
         while time.monotonic() < deadline:
             time.sleep(1)
-            dirs = _trial_dirs(out) if out.exists() else []
-            done = {d.name: (d / "result.json").read_text() for d in dirs
-                    if (d / "result.json").exists() and '"done": true' in (d / "result.json").read_text()}
-            checkpointed = [d for d in dirs if d.name not in done and any(d.glob("checkpoint_*"))]
+            trials = sweeps.trial_results(out) if out.exists() else []
+            done = {t.trial_id: t.reports for t in trials if t.done}
+            checkpointed = [t.trial_id for t in trials if not t.done and t.checkpoints]
             if done and checkpointed:
-                finished, interrupted = done, [d.name for d in checkpointed]
+                finished, interrupted = done, checkpointed
                 break
             assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
         else:
-            pytest.fail("no trial finished in time:\n" + (tmp_path / "first.log").read_text()[-3000:])
+            pytest.fail(
+                "no trial finished in time:\n" + (tmp_path / "first.log").read_text()[-3000:]
+            )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "results.csv").exists(), "the first run must not have finished"
 
-    resumed = subprocess.run(command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 3 and all(r["status"] != "failed" for r in rows), rows
+    after = {t.trial_id: t for t in sweeps.trial_results(out)}
     for name, before in finished.items():
-        assert (out / name / "result.json").read_text() == before, f"{name} was run again"
+        assert after[name].reports == before, f"{name} was run again"
     for name in interrupted:
         # Continued from its checkpoint: every epoch reported once, none started over.
-        epochs = [json.loads(line)["epoch"] for line in (out / name / "result.json").read_text().splitlines()]
+        epochs = [report["epoch"] for report in after[name].reports]
         assert epochs == sorted(set(epochs)), f"{name} restarted: epochs {epochs}"
     assert (out / "best" / "modules.json").exists()

@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from trainers import config as config_lib
 from trainers.config import ConfigError, TrainConfig
@@ -41,7 +42,7 @@ def test_default_yaml_loads_and_matches_the_documented_budget():
 )
 def test_bad_values_name_the_key(values, needle):
     with pytest.raises(ConfigError, match=None) as err:
-        config_lib.from_dict(values)
+        config_lib.parse(TrainConfig, values)
     assert needle in str(err.value)
 
 
@@ -54,10 +55,19 @@ def test_unknown_yaml_key_is_named(tmp_path):
 
 def test_cli_overrides_are_typed():
     overrides = config_lib.parse_overrides(
-        ["--learning-rate", "3e-5", "--matryoshka_dims=256,128", "--no_duplicates", "false",
-         "--max_pairs", "null", "--matryoshka_weights", "[2, 1]"]
+        [
+            "--learning-rate",
+            "3e-5",
+            "--matryoshka_dims=256,128",
+            "--no_duplicates",
+            "false",
+            "--max_pairs",
+            "null",
+            "--matryoshka_weights",
+            "[2, 1]",
+        ]
     )
-    config = config_lib.from_dict(overrides)
+    config = config_lib.parse(TrainConfig, overrides)
     assert config.learning_rate == 3e-5
     assert config.matryoshka_dims == (256, 128)
     assert config.matryoshka_weights == (2.0, 1.0)
@@ -71,7 +81,7 @@ def test_cli_override_of_unknown_key_fails():
 
 def test_config_is_frozen_and_replace_checks():
     config = TrainConfig()
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         config.epochs = 3  # type: ignore[misc]
     assert config.replace(epochs=3).epochs == 3
     with pytest.raises(ConfigError, match="unknown"):
@@ -80,5 +90,5 @@ def test_config_is_frozen_and_replace_checks():
 
 def test_help_lists_every_key():
     text = config_lib.describe()
-    for name in config_lib.FIELDS:
+    for name in TrainConfig.model_fields:
         assert f"--{name}" in text

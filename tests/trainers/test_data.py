@@ -15,7 +15,9 @@ def _rows(n, groups=5):
 
 
 def _config(path, **kw):
-    base = dict(data=str(path), query_column="sentence_0", passage_column="sentence_1", eval_size=0.25)
+    base = dict(
+        data=str(path), query_column="sentence_0", passage_column="sentence_1", eval_size=0.25
+    )
     return TrainConfig(**{**base, **kw})
 
 

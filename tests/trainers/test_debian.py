@@ -40,12 +40,19 @@ Description-en: tiny thing
 
 def test_parse_translations_renders_paragraphs():
     parsed = list(debian.parse_translations(iter(SAMPLE.splitlines(keepends=True))))
-    assert parsed[0] == ("foo", "frobnicate files quickly", "Foo frobnicates files with great speed.\nIt also bars.")
+    assert parsed[0] == (
+        "foo",
+        "frobnicate files quickly",
+        "Foo frobnicates files with great speed.\nIt also bars.",
+    )
     assert [p[0] for p in parsed] == ["foo", "foo-doc", "bar", "bar-data", "baz", "tiny"]
 
 
 def test_clean_drops_repeated_queries_shared_passages_and_stubs():
-    parsed = {p: (s, l) for p, s, l in debian.parse_translations(iter(SAMPLE.splitlines(keepends=True)))}
+    parsed = {
+        p: (short, long)
+        for p, short, long in debian.parse_translations(iter(SAMPLE.splitlines(keepends=True)))
+    }
     sources = debian.parse_sources(iter(["Package: baz\n", "Source: baz-src (1.0)\n", "\n"]))
     pairs = debian.clean(parsed, sources)
     # foo/foo-doc share a short description, bar/bar-data a long one, tiny is a stub.

@@ -16,11 +16,19 @@ def _task(debian_pairs, n_queries, n_corpus):
 
 
 def _assert_equal_to_sentence_transformers(model, queries, corpus, relevant):
-    ours = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=DIMS, batch_size=32)(model)
+    ours = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=DIMS, batch_size=32
+    )(model)
     compared = 0
     for dim in DIMS:
         theirs = InformationRetrievalEvaluator(
-            queries, corpus, relevant, truncate_dim=dim, name=f"dim_{dim}", batch_size=32, write_csv=False
+            queries,
+            corpus,
+            relevant,
+            truncate_dim=dim,
+            name=f"dim_{dim}",
+            batch_size=32,
+            write_csv=False,
         )(model)
         assert theirs, "sentence-transformers returned no metrics"
         for key, value in theirs.items():
@@ -37,7 +45,9 @@ def test_equals_information_retrieval_evaluator_at_every_dim(tiny_model_path, de
     ours = _assert_equal_to_sentence_transformers(model, queries, corpus, relevant)
     for dim in DIMS:
         assert f"dim_{dim}_cosine_map@100" in ours
-    assert ours["mean_cosine_map@100"] == pytest.approx(sum(ours[f"dim_{d}_cosine_map@100"] for d in DIMS) / len(DIMS))
+    assert ours["mean_cosine_map@100"] == pytest.approx(
+        sum(ours[f"dim_{d}_cosine_map@100"] for d in DIMS) / len(DIMS)
+    )
 
 
 @pytest.mark.slow
@@ -47,7 +57,9 @@ def test_equals_information_retrieval_evaluator_with_the_bundled_model(debian_pa
     model = load_model("bundled:minilm", max_seq_length=128)
     queries, corpus, relevant = _task(debian_pairs, 100, 300)
     ours = _assert_equal_to_sentence_transformers(model, queries, corpus, relevant)
-    assert ours["dim_384_cosine_map@100"] > ours["dim_32_cosine_map@100"] > 0.1  # a real model ranks
+    assert (
+        ours["dim_384_cosine_map@100"] > ours["dim_32_cosine_map@100"] > 0.1
+    )  # a real model ranks
 
 
 def test_query_prompt_is_applied_to_queries_only(tiny_model_path):
@@ -57,7 +69,9 @@ def test_query_prompt_is_applied_to_queries_only(tiny_model_path):
     queries = {"q0": "alpha beta gamma"}
     corpus = {"d0": prompt + "alpha beta gamma", "d1": "alpha beta gamma"}
     relevant = {"q0": {"d0"}}
-    plain = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=[64])(model)
+    plain = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=[64]
+    )(model)
     prompted = MatryoshkaInformationRetrievalEvaluator(
         queries, corpus, relevant, matryoshka_dims=[64], query_prompt=prompt
     )(model)
@@ -68,7 +82,9 @@ def test_query_prompt_is_applied_to_queries_only(tiny_model_path):
 def test_per_dim_tables_reach_the_model_card(tiny_model_path, debian_pairs):
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     queries, corpus, relevant = _task(debian_pairs, 20, 60)
-    evaluator = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=DIMS)
+    evaluator = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=DIMS
+    )
     evaluator(model)
     card = model.model_card_data.format_eval_metrics()
     assert len(card["eval_metrics"]) == 1, "the dims should group into one table"
@@ -83,6 +99,10 @@ def test_objective_must_exist_and_dims_must_fit(tiny_model_path):
     model = SentenceTransformer(str(tiny_model_path), device="cpu")
     args = ({"q": "a"}, {"d": "a"}, {"q": {"d"}})
     with pytest.raises(ValueError, match="objective 'mean_dot_map@100'"):
-        MatryoshkaInformationRetrievalEvaluator(*args, matryoshka_dims=[64], primary="mean_dot_map@100")(model)
-    with pytest.raises(ValueError, match="exceed the model's dimension 384"):
+        MatryoshkaInformationRetrievalEvaluator(
+            *args, matryoshka_dims=[64], primary="mean_dot_map@100"
+        )(model)
+    with pytest.raises(
+        ValueError, match=r"\[512\] exceed the dimension of the evaluated model \(384\)"
+    ):
         MatryoshkaInformationRetrievalEvaluator(*args, matryoshka_dims=[512])(model)

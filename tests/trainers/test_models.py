@@ -40,8 +40,10 @@ def test_dims_above_the_model_fail_before_any_data_is_read(tiny_model_path, tmp_
     from trainers.train import train
 
     config = TrainConfig(
-        model=str(tiny_model_path), data=str(tmp_path / "does-not-exist.jsonl"),
-        matryoshka_dims=(512, 256), output_dir=str(tmp_path / "out"),
+        model=str(tiny_model_path),
+        data=str(tmp_path / "does-not-exist.jsonl"),
+        matryoshka_dims=(512, 256),
+        output_dir=str(tmp_path / "out"),
     )
     with pytest.raises(ModelError, match=r"\[512\] exceed the dimension .* \(384\)"):
         train(config)
@@ -66,7 +68,9 @@ def test_bundled_tiny_is_built_once_per_machine_and_identically_everywhere(monke
     assert not list((tmp_path / "a").glob(".tiny-build-*"))  # no half-built leftovers
 
 
-def test_a_model_at_a_uri_is_fetched_afresh_and_a_missing_one_named(monkeypatch, tmp_path, tiny_model_path):
+def test_a_model_at_a_uri_is_fetched_afresh_and_a_missing_one_named(
+    monkeypatch, tmp_path, tiny_model_path
+):
     import shutil
 
     monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path / "cache"))

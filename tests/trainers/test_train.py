@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from trainers import config as config_lib
 from trainers import train as train_module
 from trainers.config import TrainConfig
 from trainers.train import train
@@ -14,15 +13,29 @@ from trainers.train import train
 DIMS = (384, 128, 64)
 
 
-def test_tiny_training_run_reports_every_dim_every_epoch(tiny_model_path, debian_sample_file, tmp_path):
+def test_tiny_training_run_reports_every_dim_every_epoch(
+    tiny_model_path, debian_sample_file, tmp_path
+):
     config = TrainConfig(
-        model=str(tiny_model_path), data=str(debian_sample_file), group_column="source",
-        matryoshka_dims=DIMS, matryoshka_weights=(1, 1, 2), epochs=2, batch_size=16,
-        eval_size=120, max_pairs=64, max_seq_length=48, output_dir=str(tmp_path / "out"),
-        query_prompt="query: ", learning_rate=1e-3,
+        model=str(tiny_model_path),
+        data=str(debian_sample_file),
+        group_column="source",
+        matryoshka_dims=DIMS,
+        matryoshka_weights=(1, 1, 2),
+        epochs=2,
+        batch_size=16,
+        eval_size=120,
+        max_pairs=64,
+        max_seq_length=48,
+        output_dir=str(tmp_path / "out"),
+        query_prompt="query: ",
+        learning_rate=1e-3,
     )
     seen = []
-    result = train(config, on_epoch=lambda epoch, metrics, checkpoint: seen.append((epoch, metrics, checkpoint)))
+    result = train(
+        config,
+        on_epoch=lambda epoch, metrics, checkpoint: seen.append((epoch, metrics, checkpoint)),
+    )
 
     assert [epoch for epoch, _, _ in seen] == [1, 2]
     assert all(checkpoint and "checkpoint-" in checkpoint for _, _, checkpoint in seen)
@@ -54,15 +67,28 @@ def test_tiny_training_run_reports_every_dim_every_epoch(tiny_model_path, debian
 
     split = load_split(config)
     queries, corpus, relevant = ir_task(split.test, None, config.seed)
-    again = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=DIMS)(reloaded)
-    assert again["dim_64_cosine_map@100"] == pytest.approx(result.final["dim_64_cosine_map@100"], abs=1e-6)
+    again = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=DIMS
+    )(reloaded)
+    assert again["dim_64_cosine_map@100"] == pytest.approx(
+        result.final["dim_64_cosine_map@100"], abs=1e-6
+    )
     assert reloaded.encode(texts).shape == (2, 384)
 
 
-def test_resume_from_an_epoch_checkpoint_runs_only_the_rest(tiny_model_path, debian_sample_file, tmp_path):
+def test_resume_from_an_epoch_checkpoint_runs_only_the_rest(
+    tiny_model_path, debian_sample_file, tmp_path
+):
     config = TrainConfig(
-        model=str(tiny_model_path), data=str(debian_sample_file), matryoshka_dims=(384, 64), epochs=2,
-        batch_size=16, eval_size=80, max_pairs=48, max_seq_length=32, output_dir=str(tmp_path / "a"),
+        model=str(tiny_model_path),
+        data=str(debian_sample_file),
+        matryoshka_dims=(384, 64),
+        epochs=2,
+        batch_size=16,
+        eval_size=80,
+        max_pairs=48,
+        max_seq_length=32,
+        output_dir=str(tmp_path / "a"),
         load_best_model_at_end=False,
     )
     saved = {}
@@ -73,7 +99,9 @@ def test_resume_from_an_epoch_checkpoint_runs_only_the_rest(tiny_model_path, deb
 
     full = train(config, on_epoch=keep)
     resumed = train(
-        config.replace(output_dir=str(tmp_path / "b")), resume_from=str(saved[1]), baseline=full.baseline
+        config.replace(output_dir=str(tmp_path / "b")),
+        resume_from=str(saved[1]),
+        baseline=full.baseline,
     )
     assert [e["epoch"] for e in resumed.epochs] == [2]
     assert resumed.epochs[0]["step"] == full.epochs[1]["step"]
@@ -81,11 +109,26 @@ def test_resume_from_an_epoch_checkpoint_runs_only_the_rest(tiny_model_path, deb
 
 
 def test_cli_prints_the_dim_table(tiny_model_path, debian_sample_file, tmp_path, capsys):
-    code = train_module.main([
-        "--model", str(tiny_model_path), "--data", str(debian_sample_file), "--matryoshka_dims", "384,64",
-        "--eval_size", "100", "--max_pairs", "32", "--batch_size", "16", "--max_seq_length", "32",
-        "--output_dir", str(tmp_path / "cli"),
-    ])
+    code = train_module.main(
+        [
+            "--model",
+            str(tiny_model_path),
+            "--data",
+            str(debian_sample_file),
+            "--matryoshka_dims",
+            "384,64",
+            "--eval_size",
+            "100",
+            "--max_pairs",
+            "32",
+            "--batch_size",
+            "16",
+            "--max_seq_length",
+            "32",
+            "--output_dir",
+            str(tmp_path / "cli"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert "| dim | baseline MAP@100 | fine-tuned MAP@100 | change |" in out
@@ -113,8 +156,13 @@ def test_cli_rejects_bad_keys_before_loading_anything(capsys):
 @pytest.mark.slow
 def test_bundled_minilm_trains_on_real_debian_pairs_and_reloads(tmp_path):
     config = TrainConfig(
-        output_dir=str(tmp_path / "minilm"), max_pairs=96, batch_size=32, eval_size=300,
-        eval_max_queries=100, max_seq_length=64, learning_rate=5e-5,
+        output_dir=str(tmp_path / "minilm"),
+        max_pairs=96,
+        batch_size=32,
+        eval_size=300,
+        eval_max_queries=100,
+        max_seq_length=64,
+        learning_rate=5e-5,
     )
     result = train(config)
     for dim in config.matryoshka_dims:
@@ -126,8 +174,12 @@ def test_bundled_minilm_trains_on_real_debian_pairs_and_reloads(tmp_path):
 
     trained = SentenceTransformer(str(tmp_path / "minilm"), device="cpu")
     assert trained.max_seq_length == 64
-    queries, corpus, relevant = ir_task(load_split(config).test, config.eval_max_queries, config.seed)
-    again = MatryoshkaInformationRetrievalEvaluator(queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims)(trained)
+    queries, corpus, relevant = ir_task(
+        load_split(config).test, config.eval_max_queries, config.seed
+    )
+    again = MatryoshkaInformationRetrievalEvaluator(
+        queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims
+    )(trained)
     for dim in config.matryoshka_dims:
         key = f"dim_{dim}_cosine_map@100"
         assert again[key] == pytest.approx(result.final[key], abs=1e-6)
@@ -144,7 +196,35 @@ def test_dataloader_workers_auto_is_zero_on_a_cpu_and_a_set_count_is_kept():
         pytest.skip("checks the CPU default")
     assert train_module.dataloader_workers(None) == 0
     assert train_module.dataloader_workers(3) == 3
-    assert train_module.training_args(
-        config_lib.from_dict({"dataloader_workers": 2, "load_best_model_at_end": False}), Path("/tmp/unused"), False
-    ).dataloader_num_workers == 2
+    assert (
+        train_module.training_args(
+            TrainConfig(dataloader_workers=2, load_best_model_at_end=False),
+            Path("/tmp/unused"),
+            False,
+        ).dataloader_num_workers
+        == 2
+    )
 
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "/nonexistent/pairs.jsonl"], "no such file"),
+        (["--model", "/nonexistent/model"], "no such folder"),
+    ],
+)
+def test_cli_data_and_model_errors_exit_2_with_one_line(tmp_path, args, needle):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers.train", *args, "--output_dir", str(tmp_path / "out")],
+        cwd=Path(__file__).resolve().parents[2],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and needle in errors[0], done.stderr
+    assert "Traceback" not in done.stderr
