@@ -68,10 +68,8 @@ def own_haproxy(short_dir: str, ports: list[int]) -> None:
 
 
 def serve_part(args, model_path: str, model, port: int):
-    from ray import serve
-
     from serve import loadtest
-    from serve.app import ServeArgs, per_core_options, start, wait_healthy
+    from serve.app import ServeArgs, per_core_options, start, stop, wait_healthy
 
     url = f"http://127.0.0.1:{port}"
     start(ServeArgs(model=model_path), "127.0.0.1", port, options=per_core_options())
@@ -82,7 +80,7 @@ def serve_part(args, model_path: str, model, port: int):
             for c in args.clients.split(",")
         ]
     finally:
-        serve.shutdown()
+        stop()
 
 
 def onnx_variants(model_path: str, folder: Path) -> tuple[dict, str | None]:

@@ -20,17 +20,21 @@ from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 
 class ErrorKind(enum.Enum):
-    """Every way a request can fail, with its HTTP status and OpenAI error type."""
+    """Every way a request can fail: HTTP status, OpenAI error type, and the envelope's code.
 
-    INVALID_REQUEST = (400, "invalid_request_error")
-    MALFORMED_JSON = (400, "invalid_request_error")
-    TOO_MANY_INPUTS = (400, "invalid_request_error")
-    UNAUTHORIZED = (401, "authentication_error")
-    MODEL_NOT_FOUND = (404, "invalid_request_error")
-    NOT_FOUND = (404, "invalid_request_error")
-    BODY_TOO_LARGE = (413, "invalid_request_error")
-    OVERLOADED = (429, "rate_limit_error")
-    INTERNAL = (500, "server_error")
+    The kinds a client should retry (429, 503) come with a Retry-After header.
+    """
+
+    INVALID_REQUEST = (400, "invalid_request_error", "invalid_request")
+    MALFORMED_JSON = (400, "invalid_request_error", "malformed_json")
+    TOO_MANY_INPUTS = (400, "invalid_request_error", "too_many_inputs")
+    UNAUTHORIZED = (401, "authentication_error", "unauthorized")
+    MODEL_NOT_FOUND = (404, "invalid_request_error", "model_not_found")
+    NOT_FOUND = (404, "invalid_request_error", "not_found")
+    BODY_TOO_LARGE = (413, "invalid_request_error", "body_too_large")
+    OVERLOADED = (429, "rate_limit_error", "overloaded")
+    INTERNAL = (500, "server_error", "internal")
+    UNAVAILABLE = (503, "server_error", "unavailable")
 
     @property
     def status(self) -> int:
@@ -39,6 +43,14 @@ class ErrorKind(enum.Enum):
     @property
     def type(self) -> str:
         return self.value[1]
+
+    @property
+    def code(self) -> str:
+        return self.value[2]
+
+    @property
+    def retry_after_s(self) -> int | None:
+        return 1 if self.status in (429, 503) else None
 
 
 class APIError(Exception):
@@ -52,9 +64,13 @@ class APIError(Exception):
                 "message": self.message,
                 "type": self.kind.type,
                 "param": self.param,
-                "code": self.kind.name.lower(),
+                "code": self.kind.code,
             }
         }
+
+    def headers(self) -> dict[str, str]:
+        retry = self.kind.retry_after_s
+        return {"retry-after": str(retry)} if retry is not None else {}
 
 
 class EmbeddingRequest(BaseModel):
@@ -134,7 +150,8 @@ def parse_request(
             f"{len(texts)} inputs; at most {max_inputs} per request",
             "input",
         )
-    empty = [i for i, t in enumerate(texts) if not t.strip()]
+    # Only "" is refused: whitespace is text (OpenAI's API embeds it too).
+    empty = [i for i, t in enumerate(texts) if not t]
     if empty:
         raise APIError(ErrorKind.INVALID_REQUEST, f"input[{empty[0]}] is an empty string", "input")
     if request.dimensions is not None and not 1 <= request.dimensions <= model_dim:

@@ -7,8 +7,10 @@
     curl -s 127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
         -d '{"input": ["a text editor"], "dimensions": 64}'
 
-Routes: POST /v1/embeddings, GET /v1/models, GET /health (200 once a replica has loaded
-the model; Serve's ingress answers 404 until then), GET /v1/stats (achieved batch sizes).
+Routes: POST /v1/embeddings, GET /v1/models, GET /v1/stats (achieved batch sizes, requests in
+flight and refused), and, from a small app of their own, GET /health (503 until a replica has
+loaded the model, then 200) and GET /health/ready (also encodes one text). Ctrl-C or SIGTERM
+stops the server in a few seconds and leaves no Ray process behind.
 Autoscaling and replica options live in serve/config.yaml, which both ways of starting read.
 Any sentence-transformers folder works as the model; nothing from sweeps/ is needed.
 """
@@ -36,6 +38,11 @@ from starlette.exceptions import HTTPException
 # the flag when ray.serve is imported and when the Ray it starts boots, so set it first;
 # RAY_SERVE_ENABLE_HA_PROXY=0 in the environment turns it off.
 os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
+# A request whose replica dies before answering is replayed on another replica: an embedding
+# request is idempotent. Serve's default retries connection failures only, so a replica
+# SIGKILLed under 32 clients cost 25 requests (9 got HAProxy's 500, 16 a dropped connection);
+# with these three, 0 of ~16,000 in three runs (README, Serving: faults).
+os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response junk-response")
 from ray import serve  # noqa: E402
 
 from serve.api import APIError, ErrorKind, parse_request, render, truncate  # noqa: E402
@@ -67,6 +74,17 @@ class ServeArgs(Config):
         "EMBEDDINGS_API_KEY", description="env var that, when set, holds the required API key"
     )
     device: str | None = Field(None, description="torch device; default: CUDA if present")
+    max_queue_depth: int = Field(
+        256,
+        ge=1,
+        description="requests one replica holds at once (encoding or waiting for a "
+        "batch); past it, a request is answered 429 with Retry-After at once",
+    )
+
+    @property
+    def served_name(self) -> str:
+        """The model name clients send: ``name``, or the model folder's name."""
+        return self.name or Path(self.model.removeprefix("bundled:")).name
 
 
 fastapi_app = FastAPI(title="Matryoshka embeddings", version="1")
@@ -74,7 +92,7 @@ fastapi_app = FastAPI(title="Matryoshka embeddings", version="1")
 
 @fastapi_app.exception_handler(APIError)
 async def _api_error(request: Request, err: APIError) -> JSONResponse:
-    return JSONResponse(err.body(), status_code=err.kind.status)
+    return error_response(err)
 
 
 @fastapi_app.exception_handler(HTTPException)
@@ -102,9 +120,11 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
 class EmbeddingService:
     def __init__(self, args: ServeArgs) -> None:
         self.args = args  # validated once, by whoever built the app
-        self.name = self.args.name or Path(self.args.model.removeprefix("bundled:")).name
+        self.name = self.args.served_name
         self.batches = 0
         self.batched_texts = 0
+        self.in_flight = 0
+        self.rejected = 0
         self.encode.set_max_batch_size(self.args.max_batch_size)
         self.encode.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         # Loaded in the constructor, not in a background thread: Serve routes no request to a
@@ -162,7 +182,22 @@ class EmbeddingService:
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
         self._authorize(request)
-        body = await request.body()
+        # Admission: past max_queue_depth requests on this replica (encoding or waiting for a
+        # batch), say so at once instead of letting every client's latency grow without bound.
+        if self.in_flight >= self.args.max_queue_depth:
+            self.rejected += 1
+            raise APIError(
+                ErrorKind.OVERLOADED,
+                f"overloaded: this replica already holds {self.in_flight} requests "
+                f"(max_queue_depth); retry after the Retry-After seconds",
+            )
+        self.in_flight += 1
+        try:
+            return await self._embed(await request.body())
+        finally:
+            self.in_flight -= 1
+
+    async def _embed(self, body: bytes) -> Response:
         parsed = parse_request(
             body,
             max_body_bytes=self.args.max_body_bytes,
@@ -192,6 +227,14 @@ class EmbeddingService:
             headers=headers,
         )
 
+    async def probe(self) -> dict[str, Any]:
+        """Encode one text through the batcher, as a request would: the readiness check."""
+        started = time.perf_counter()
+        vector, _, _ = await self.encode("readiness probe")
+        if not np.isfinite(vector).all():
+            raise APIError(ErrorKind.INTERNAL, "the model produced a non-finite embedding")
+        return {"model": self.name, "encode_ms": round((time.perf_counter() - started) * 1000, 1)}
+
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
         self._authorize(request)
@@ -210,12 +253,6 @@ class EmbeddingService:
             ],
         }
 
-    @fastapi_app.get("/health")
-    async def health(self) -> JSONResponse:
-        # Only a replica whose constructor has loaded the model is routed to; before the first
-        # one is up, Serve's ingress has no route for the app and answers 404 itself.
-        return JSONResponse({"status": "ok", "model": self.name})
-
     @fastapi_app.get("/v1/stats")
     async def stats(self) -> dict[str, Any]:
         """Batches formed by the answering replica (reset when it restarts), its torch threads."""
@@ -225,8 +262,71 @@ class EmbeddingService:
             "batches": self.batches,
             "texts": self.batched_texts,
             "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0,
+            "in_flight": self.in_flight,
+            "rejected_overloaded": self.rejected,
             "torch_threads": torch.get_num_threads(),
         }
+
+
+class HealthArgs(Config):
+    """The health app's arguments: which app and deployment it reports on."""
+
+    app: str = Field("embeddings", description="the Serve application of the embedding service")
+    name: str = Field(description="the model name, shown in the answer")
+    deployment: str = Field("EmbeddingService", description="the deployment that must be ready")
+    ready_timeout_s: float = Field(5.0, gt=0, description="longest /health/ready encode")
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0}, num_replicas=1)
+class HealthService:
+    """GET /health and GET /health/ready, answered by a model-less app of their own.
+
+    It is up within a second of the deploy, so a probe never sees "no route" (404): until a
+    replica of the embedding service has loaded its model, /health is 503 with the error
+    envelope and Retry-After, then 200. /health/ready also encodes one text through the
+    service, the way a request would.
+    """
+
+    STATUS_TTL_S = 0.5  # one controller query per half second, however often probes come
+
+    def __init__(self, args: HealthArgs) -> None:
+        self.args = args
+        self._running, self._checked = 0, float("-inf")
+
+    async def _replicas_running(self) -> int:
+        if time.monotonic() - self._checked > self.STATUS_TTL_S:
+            status = await asyncio.to_thread(serve.status)  # a blocking controller call
+            app = status.applications.get(self.args.app)
+            deployment = app.deployments.get(self.args.deployment) if app is not None else None
+            self._running = deployment.replica_states.get("RUNNING", 0) if deployment else 0
+            self._checked = time.monotonic()
+        return self._running
+
+    async def __call__(self, request: Request) -> JSONResponse:
+        running = await self._replicas_running()
+        if not running:
+            return error_response(
+                APIError(
+                    ErrorKind.UNAVAILABLE, f"{self.args.name}: no replica has loaded the model yet"
+                )
+            )
+        body: dict[str, Any] = {"status": "ok", "model": self.args.name, "replicas": running}
+        if request.url.path.rstrip("/").endswith("/ready"):
+            handle = serve.get_app_handle(self.args.app)
+            try:
+                probe = await asyncio.wait_for(handle.probe.remote(), self.args.ready_timeout_s)
+            except Exception as err:  # noqa: BLE001 - any failure means "not ready", said why
+                return error_response(
+                    APIError(
+                        ErrorKind.UNAVAILABLE, f"{self.args.name}: encoding failed: {err!r}"[:300]
+                    )
+                )
+            body.update(status="ready", encode_ms=probe["encode_ms"])
+        return JSONResponse(body)
+
+
+def error_response(err: APIError) -> JSONResponse:
+    return JSONResponse(err.body(), status_code=err.kind.status, headers=err.headers())
 
 
 def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
@@ -261,6 +361,11 @@ def build_app(args: dict[str, Any]):
     return EmbeddingService.bind(parse(ServeArgs, args, where="args"))
 
 
+def build_health_app(args: dict[str, Any]):
+    """The health app's builder (`import_path: serve.app:build_health_app`)."""
+    return HealthService.bind(parse(HealthArgs, args, where="args"))
+
+
 def start(
     args: ServeArgs,
     host: str = "127.0.0.1",
@@ -268,15 +373,21 @@ def start(
     options: dict[str, Any] | None = None,
     name: str = "embeddings",
     route_prefix: str = "/",
+    wait: bool = True,
 ):
-    """Deploy on the current (or a new local) Ray; returns when the app is deployed."""
+    """Deploy on the current (or a new local) Ray: the health app at <route_prefix>health, then
+    the embedding service at <route_prefix>. With ``wait`` it returns once the service runs."""
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": host, "port": port})
+    # First: /health answers 503 while the model loads, instead of "no route" (404).
+    health = HealthService.bind(HealthArgs(app=name, name=args.served_name))
+    serve.run(health, name=f"{name}-health", route_prefix=route_prefix.rstrip("/") + "/health")
     deployment = EmbeddingService.options(**(deployment_options() if options is None else options))
-    return serve.run(deployment.bind(args), name=name, route_prefix=route_prefix)
+    target = serve.RunTarget(deployment.bind(args), name=name, route_prefix=route_prefix)
+    return serve.run_many([target], wait_for_applications_running=wait)[0]
 
 
 def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
@@ -291,6 +402,23 @@ def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
             pass
         time.sleep(0.25)
     raise TimeoutError(f"{url}/health did not turn 200 within {timeout_s:.0f}s")
+
+
+def stop() -> None:
+    """Stop Serve and the private Ray it ran on, leaving no Ray process behind, in seconds.
+
+    No serve.shutdown(): it drains each replica for Serve's direct-ingress draining period
+    (30 s) first, which is what made Ctrl-C take 34 s. Stopping the private Ray ends every
+    replica and request with it; then whatever outlived its raylet (its agents, HAProxy) is
+    ended too.
+    """
+    import ray
+
+    processes = cli.ray_descendants()
+    ray.shutdown()
+    left = cli.reap(processes)
+    if left:
+        logger.info("ended %d process(es) that outlived Ray: %s", len(left), "; ".join(left))
 
 
 def _main(argv: list[str]) -> int:
@@ -315,24 +443,28 @@ def _main(argv: list[str]) -> int:
         and not Path(args.model).is_dir()
     ):
         raise ModelError(f"--model {args.model}: no such folder")
-    import ray
-
     serve_args = ServeArgs(
         model=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
         name=args.name,
     )
+    url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    import ray
+
     try:
-        start(serve_args, args.host, args.port)
-        url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-        wait_healthy(url)
-        print(f"serving {args.model} at {url}/v1/embeddings  (Ctrl-C to stop)", flush=True)
-        while True:
-            time.sleep(1)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        # After ray.init, whose own SIGTERM handler exits at once: SIGTERM (docker stop,
+        # systemd, Kubernetes) now stops the server the way Ctrl-C does, through `finally`.
+        with cli.terminate_as_interrupt():
+            start(serve_args, args.host, args.port)
+            wait_healthy(url)
+            print(f"serving {args.model} at {url}/v1/embeddings  (Ctrl-C to stop)", flush=True)
+            while True:
+                time.sleep(1)
     except KeyboardInterrupt:
         print("shutting down", flush=True)
     finally:
-        serve.shutdown()
-        ray.shutdown()
+        cli.ignore_stop_signals()  # a second Ctrl-C must not leave half a Ray behind
+        stop()
     return 0
 
 

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import ipaddress
 import json
 import random
 import statistics
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
@@ -32,12 +34,32 @@ from trainers.errors import ConfigError
 
 
 @dataclass
+class Load:
+    """What one run of the load saw: every outcome (HTTP status, or what went wrong before
+    one came), the latencies and batch sizes of the 200s, and the seconds it took."""
+
+    outcomes: Counter[str]
+    latencies_ms: list[float]
+    batches: list[float]
+    seconds: float
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes["200"]
+
+    @property
+    def failed(self) -> int:
+        return sum(self.outcomes.values()) - self.ok
+
+
+@dataclass
 class Round:
     """One served run of the load next to one in-process run of the same texts."""
 
-    requests: int
+    requests: int  # answered 200
     seconds: float
     inprocess_per_s: float
+    outcomes: Counter[str]
 
     @property
     def per_s(self) -> float:
@@ -61,6 +83,10 @@ class Result:
         return sum(r.requests for r in self.rounds)
 
     @property
+    def outcomes(self) -> Counter[str]:
+        return sum((r.outcomes for r in self.rounds), Counter())
+
+    @property
     def per_s(self) -> float:
         return statistics.median(r.per_s for r in self.rounds)
 
@@ -75,8 +101,16 @@ class Result:
         return statistics.median(r.ratio for r in self.rounds)
 
     def pct(self, q: float) -> float:
+        if not self.latencies_ms:
+            return float("nan")
         ordered = sorted(self.latencies_ms)
         return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def describe_failures(outcomes: Counter[str]) -> str:
+    """``503 x2, connection error x1``, or ``0`` when every request got a 200."""
+    failed = {k: v for k, v in sorted(outcomes.items()) if k != "200" and v}
+    return ", ".join(f"{k} x{v}" for k, v in failed.items()) or "0"
 
 
 def at_least_one(value: str) -> int:
@@ -100,11 +134,13 @@ def check_loopback(url: str) -> None:
 
 
 def sample_texts(n: int, seed: int = 0) -> list[str]:
-    """Real short texts: Debian package short descriptions (the queries of the default data)."""
+    """``n`` real short texts: Debian package short descriptions (the queries of the default
+    data), drawn without repeats while they last, then reused in the same order."""
     from trainers import debian
 
     pairs = debian.load_pairs()
-    return [p["anchor"] for p in random.Random(seed).sample(pairs, n)]
+    picked = random.Random(seed).sample(pairs, min(n, len(pairs)))
+    return [picked[i % len(picked)]["anchor"] for i in range(n)]
 
 
 class Connection:
@@ -127,11 +163,18 @@ class Connection:
         self.writer: asyncio.StreamWriter | None = None
 
     async def post(self, body: bytes) -> tuple[int, bytes, float | None]:
-        """Status, body and the X-Batch-Size header (None when absent)."""
+        """Status, body and the X-Batch-Size header (None when absent).
+
+        Raises ConnectionError when the server closes the connection or answers something that
+        is not HTTP; the caller counts it and the next post opens a new connection.
+        """
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         self.writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        status = int((await self.reader.readline()).split()[1])
+        status_line = (await self.reader.readline()).split()
+        if len(status_line) < 2 or not status_line[1].isdigit():
+            raise ConnectionError(f"no HTTP status line: {b' '.join(status_line)[:80]!r}")
+        status = int(status_line[1])
         length, chunked, close, batch = 0, False, False, None
         while (line := await self.reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
@@ -163,6 +206,11 @@ class Connection:
             self.reader = self.writer = None
 
 
+# What a client counts instead of dying: the server closed or broke the connection, or did not
+# answer in time. Either way the next request opens a new connection.
+CONNECTION_ERRORS = (ConnectionError, OSError, asyncio.IncompleteReadError, ValueError)
+
+
 async def run_load(
     url: str,
     texts: list[str],
@@ -170,11 +218,12 @@ async def run_load(
     max_requests: int,
     time_limit_s: float,
     api_key: str | None = None,
-) -> tuple[list[float], list[float], float]:
-    """Latencies (ms) and batch sizes of every request, and the seconds the load took."""
+    timeout_s: float = 30.0,
+) -> Load:
+    """``clients`` connections send single-text requests back to back until ``max_requests``
+    were sent or ``time_limit_s`` passed; every outcome is counted, none stops the load."""
     bodies = [json.dumps({"input": text}).encode() for text in texts]
-    latencies: list[float] = []
-    batches: list[float] = []
+    load = Load(Counter(), [], [], 0.0)
     counter = iter(range(max_requests))
     deadline = time.monotonic() + time_limit_s
 
@@ -183,21 +232,33 @@ async def run_load(
             if time.monotonic() > deadline:
                 return
             started = time.perf_counter()
-            status, payload, batch = await connection.post(bodies[i % len(bodies)])
-            if status != 200:
-                raise RuntimeError(f"HTTP {status}: {payload[:300]!r}")
-            latencies.append((time.perf_counter() - started) * 1000)
-            if batch:
-                batches.append(batch)
+            try:
+                status, _, batch = await asyncio.wait_for(
+                    connection.post(bodies[i % len(bodies)]), timeout_s
+                )
+            except TimeoutError:
+                load.outcomes["timeout"] += 1
+                await connection.close()
+                continue
+            except CONNECTION_ERRORS:
+                load.outcomes["connection error"] += 1
+                await connection.close()
+                continue
+            load.outcomes[str(status)] += 1
+            if status == 200:
+                load.latencies_ms.append((time.perf_counter() - started) * 1000)
+                if batch:
+                    load.batches.append(batch)
 
-    connections = [Connection(url, "/v1/embeddings", api_key) for _ in range(clients)]
+    path = urlparse(url).path.rstrip("/") + "/v1/embeddings"  # behind a route prefix too
+    connections = [Connection(url, path, api_key) for _ in range(clients)]
     try:
-        await asyncio.gather(
-            *(c.post(json.dumps({"input": "warm up"}).encode()) for c in connections[:1])
-        )
+        with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):  # a warm-up, not counted
+            await asyncio.wait_for(connections[0].post(b'{"input": "warm up"}'), timeout_s)
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for c in connections))
-        return latencies, batches, time.perf_counter() - started
+        load.seconds = time.perf_counter() - started
+        return load
     finally:
         for c in connections:
             await c.close()
@@ -226,7 +287,13 @@ def single_encode_ms(model, texts: list[str]) -> float:
 
 
 def measure(
-    url: str, model, clients: int, requests: int, time_limit_s: float, rounds: int = 3
+    url: str,
+    model,
+    clients: int,
+    requests: int,
+    time_limit_s: float,
+    rounds: int = 3,
+    timeout_s: float = 30.0,
 ) -> Result:
     """``rounds`` paired rounds at one concurrency level: the served load (``requests`` single-text
     requests, bounded by ``time_limit_s``), then in-process encoding of the texts it sent."""
@@ -235,18 +302,13 @@ def measure(
     latencies: list[float] = []
     sizes: list[float] = []
     for _ in range(rounds):
-        round_latencies, round_sizes, seconds = asyncio.run(
-            run_load(url, texts, clients, requests, time_limit_s)
+        load = asyncio.run(
+            run_load(url, texts, clients, requests, time_limit_s, timeout_s=timeout_s)
         )
-        latencies += round_latencies
-        sizes += round_sizes
-        done.append(
-            Round(
-                len(round_latencies),
-                seconds,
-                inprocess(model, texts[: len(round_latencies)], clients),
-            )
-        )
+        latencies += load.latencies_ms
+        sizes += load.batches
+        reference = inprocess(model, texts[: max(load.ok, clients)], clients)
+        done.append(Round(load.ok, load.seconds, reference, load.outcomes))
     # Each request is one text, and a batch of b texts answers b requests that each say b, so
     # sum(1/b) counts the batches: texts / batches is the mean batch size.
     mean_batch = len(sizes) / sum(1 / b for b in sizes) if sizes else 0.0
@@ -255,18 +317,17 @@ def measure(
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | mean batch | in-process texts/s "
-        "(batch = clients) "
-        "| ratio | ratio per round | in-process single encode ms |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+        "| clients | requests | failed | req/s | p50 ms | p95 ms | p99 ms | mean batch "
+        "| in-process texts/s (batch = clients) | ratio | ratio per round "
+        "| in-process single encode ms |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for r in results:
         per_round = " ".join(f"{x.ratio:.2f}" for x in r.rounds)
         lines.append(
-            f"| {r.clients} | {r.requests} | {r.per_s:.1f} | {r.pct(50):.1f} | {r.pct(95):.1f} | "
-            f"{r.pct(99):.1f} | "
-            f"{r.mean_batch:.1f} | {r.inprocess_per_s:.1f} | {r.ratio:.2f}x | {per_round} | "
-            f"{r.single_encode_ms:.1f} |"
+            f"| {r.clients} | {r.requests} | {describe_failures(r.outcomes)} | {r.per_s:.1f} "
+            f"| {r.pct(50):.1f} | {r.pct(95):.1f} | {r.pct(99):.1f} | {r.mean_batch:.1f} "
+            f"| {r.inprocess_per_s:.1f} | {r.ratio:.2f}x | {per_round} | {r.single_encode_ms:.1f} |"
         )
     return "\n".join(lines)
 
@@ -290,6 +351,12 @@ def _main(argv: list[str]) -> int:
     )
     parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per round (bound)")
     parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=30.0,
+        help="seconds before a request counts as timed out",
+    )
+    parser.add_argument(
         "--rounds",
         type=at_least_one,
         default=3,
@@ -307,21 +374,27 @@ def _main(argv: list[str]) -> int:
     model = load_model(args.model)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.start:
-        from ray import serve
-
-        from serve.app import ServeArgs, per_core_options, start, wait_healthy
+        from serve.app import ServeArgs, per_core_options, start, stop, wait_healthy
 
         port = urlparse(args.url).port or 8000
         start(ServeArgs(model=args.model), "127.0.0.1", port, options=per_core_options())
         wait_healthy(args.url)
     try:
         results = [
-            measure(args.url, model, int(c), args.requests, args.time_limit, args.rounds)
+            measure(
+                args.url,
+                model,
+                int(c),
+                args.requests,
+                args.time_limit,
+                args.rounds,
+                args.request_timeout,
+            )
             for c in args.clients.split(",")
         ]
     finally:
         if args.start:
-            serve.shutdown()
+            stop()
     print(table(results))
     return 0
 

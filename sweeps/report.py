@@ -45,6 +45,7 @@ class Summary:
     text: str
     best_dir: Path | None
     out: Path
+    stopped_by: int | None = None  # the signal that stopped the sweep (it can be resumed)
 
 
 @dataclass

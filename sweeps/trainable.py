@@ -8,7 +8,8 @@ per-epoch metrics (and checkpoint) back to Tune.
 
 from __future__ import annotations
 
-import os
+import logging
+import shutil
 import tempfile
 from typing import TYPE_CHECKING, Any
 
@@ -34,18 +35,27 @@ def run_trial(
 
     from trainers.train import train
 
-    # Ray relays worker output line by line: progress bars become floods of lines. Tune's
-    # status table and W&B are the progress view of a sweep.
-    os.environ["TQDM_DISABLE"] = "1"
     config = sweep
-    context = tune.get_context()
-    trial_config = config.trial_config(
-        sampled, output_dir=os.path.join(context.get_trial_dir(), "model")
-    )
+    # Tune says "Checkpoint successfully created" at every report: the epoch line says enough.
+    logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
+    # The trainer's own output folder stays out of Tune's trial folder, which Tune syncs while
+    # the trainer is still writing and deleting its checkpoints there. A sweep keeps the
+    # checkpoints Tune persists; the trainer's final save is thrown away with the folder.
+    scratch = tempfile.mkdtemp(prefix="trial-")
+    trial_config = config.trial_config(sampled, output_dir=scratch)
     fault_epoch = _injected_fault(fault, sampled)
 
     def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
         report = {**metrics, OBJECTIVE: metrics[config.objective], "epoch": epoch}
+        # The trial's one line per epoch (its bars are off: Ray would relay them line by line).
+        dims = ", ".join(
+            f"{d}: {metrics[f'dim_{d}_cosine_map@100']:.4f}" for d in trial_config.matryoshka_dims
+        )
+        print(
+            f"epoch {epoch}/{trial_config.epochs}: {config.objective} "
+            f"{report[OBJECTIVE]:.4f} (MAP@100 by dim {dims})",
+            flush=True,
+        )
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
         tune.report(report, checkpoint=checkpoint)
         if fault_epoch is not None and epoch >= fault_epoch:
@@ -57,8 +67,11 @@ def run_trial(
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         # A real local copy: training goes on long after any as_directory() context.
-        resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-"))
-    train(trial_config, on_epoch, resume_from=resume_from, baseline=baseline)
+        resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-", dir=scratch))
+    try:
+        train(trial_config, on_epoch, resume_from=resume_from, baseline=baseline, progress=False)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _injected_fault(spec: str | None, sampled: dict[str, Any]) -> int | None:

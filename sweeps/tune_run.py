@@ -7,11 +7,13 @@ tune.Checkpoint, tune.get_checkpoint): ``ray.train.report`` inside Tune is an er
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-from collections.abc import Mapping
+import signal
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from ray.air.integrations.wandb import WandbLoggerCallback
@@ -20,6 +22,7 @@ from sweeps.config import SweepConfig
 from sweeps.report import Summary, export, wandb_online
 from sweeps.space import tune_space
 from sweeps.trainable import FAULT_ENV, OBJECTIVE, run_trial
+from trainers import cli
 from trainers.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -51,15 +54,22 @@ def running_cluster_address() -> str | None:
     return None
 
 
-def init_ray(address: str | None) -> None:
-    """Join the Ray cluster at ``address``; else the one on this machine; else start a private one.
+# Ray relays every worker's output to the sweep's console line by line, so progress bars and
+# W&B's run summaries become floods of lines. tqdm reads TQDM_DISABLE when it is imported, so
+# it must be in the workers' environment from their start (setting it in a trial is too late).
+# The sweep's progress view is Tune's status table plus one line per trial per epoch.
+WORKER_ENV = {"TQDM_DISABLE": "1", "WANDB_SILENT": "true"}
 
-    ``address="local"`` always starts a private Ray, even on a cluster's head node.
+
+def init_ray(address: str | None) -> bool:
+    """Join the Ray cluster at ``address``; else the one on this machine; else start a private
+    one (True: the caller stops it). ``address="local"`` always starts a private Ray, even on a
+    cluster's head node. A Ray this process has already initialised is used as it is.
     """
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if address is None:
         address = running_cluster_address()
         if address:
@@ -68,14 +78,21 @@ def init_ray(address: str | None) -> None:
                 "(--address local for a private one)",
                 address,
             )
+    # The sweep's own environment for every worker (trials, the baseline task, W&B's actors).
+    runtime_env = {"env_vars": WORKER_ENV}
     if address and address != "local":
         logger.info("connecting to the Ray cluster at %s", address)
-        ray.init(address=address)
-    else:
-        # A local Ray for this process alone; it stops when the sweep ends.
-        ray.init(
-            address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=True
-        )
+        ray.init(address=address, runtime_env=runtime_env)
+        return False
+    # A local Ray for this process alone; it stops when the sweep ends.
+    ray.init(
+        address="local",
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        log_to_driver=True,
+        runtime_env=runtime_env,
+    )
+    return True
 
 
 def baseline_metrics(
@@ -94,13 +111,11 @@ def baseline_metrics(
         return dict(given)
     if cache.is_file():
         return json.loads(cache.read_text())
-    task = ray.remote(
-        num_cpus=config.cpus_per_trial,
-        num_gpus=config.gpus_per_trial,
-        runtime_env={"env_vars": {"TQDM_DISABLE": "1"}},  # no progress-bar floods through Ray's log
-    )(evaluate_baseline)
+    task = ray.remote(num_cpus=config.cpus_per_trial, num_gpus=config.gpus_per_trial)(
+        evaluate_baseline
+    )
     logger.info("evaluating the base model once for the whole sweep")
-    metrics = ray.get(task.remote(config.train))
+    metrics = ray.get(task.remote(config.train, progress=False))
     out.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(metrics, indent=2))
     return metrics
@@ -112,6 +127,13 @@ def trial_dirname(trial) -> str:
 
 
 class _WandbCallback(WandbLoggerCallback):
+    def on_experiment_end(self, trials, **info):
+        # Trials that a stop (Ctrl-C, SIGTERM) cut short never got log_trial_end: end their
+        # W&B runs now, or Ray waits its whole upload_timeout (30 min) for them to end.
+        for trial in list(self._trial_queues):
+            self._signal_logging_actor_stop(trial=trial)
+        super().on_experiment_end(trials, **info)
+
     def __del__(self):
         # Ray's __del__ calls ray.is_initialized() even at interpreter exit, when module
         # globals are gone; the actors were already cleaned up in on_experiment_end.
@@ -160,87 +182,152 @@ def max_epochs(config: SweepConfig) -> int:
     return int(max(searched[0].args)) if searched else config.train.epochs
 
 
+# Tune warns whenever several trials report within 5 s of each other (small models do): the
+# warning is about its own snapshot cost, which is negligible at a sweep's scale.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
 def run_sweep(
     config: SweepConfig,
     resume: bool = False,
     address: str | None = None,
     baseline: Mapping[str, float] | None = None,
 ) -> Summary:
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
-
     out = local_dir(config)
     path = sweep_dir(config)
     configure_wandb_mode(config)
-    init_ray(address)
-    baseline = baseline_metrics(config, out, baseline)
-    trainable = build_trainable(config, baseline)
-
-    if resume:
-        if not tune.Tuner.can_restore(str(path)):
-            raise ConfigError(f"nothing to resume at {path}; run without --resume first")
-        logger.info(
-            "resuming %s: finished trials stay, unfinished ones continue from their checkpoint",
-            path,
-        )
-        tuner = tune.Tuner.restore(
-            str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
-        )
-    else:
-        if "://" not in str(path) and tune.Tuner.can_restore(str(path)):
-            raise ConfigError(f"{path} already holds a sweep: pass --resume, or a new --name")
-        searcher = OptunaSearch(
-            metric=OBJECTIVE,
-            mode="max",
-            seed=config.seed,
-            points_to_evaluate=[dict(p) for p in config.first_points] or None,
-        )
-        scheduler = ASHAScheduler(
-            time_attr="training_iteration",
-            max_t=max_epochs(config),
-            grace_period=config.grace_period,
-            reduction_factor=config.reduction_factor,
-        )
-        callbacks = [cb for cb in (wandb_callback(config, out),) if cb is not None]
-        tuner = tune.Tuner(
-            trainable,
-            param_space=tune_space(config.search),
-            tune_config=tune.TuneConfig(
-                # metric and mode go to OptunaSearch AND here (Ray 2.60 wants both to agree).
-                metric=OBJECTIVE,
-                mode="max",
-                search_alg=searcher,
-                scheduler=scheduler,
-                num_samples=config.num_samples,
-                max_concurrent_trials=config.max_concurrent_trials,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=config.name,
-                storage_path=str(path).rsplit("/", 1)[0]
-                if "://" in str(path)
-                else str(Path(path).parent),
-                callbacks=callbacks,
-                checkpoint_config=tune.CheckpointConfig(
-                    num_to_keep=config.checkpoints_to_keep,
-                    checkpoint_score_attribute=OBJECTIVE,
-                    checkpoint_score_order="max",
-                ),
-                failure_config=tune.FailureConfig(max_failures=config.max_failures),
-                verbose=1,
-            ),
-        )
-        (out / "sweep.json").parent.mkdir(parents=True, exist_ok=True)
-        (out / "sweep.json").write_text(json.dumps(config.to_dict(), indent=2))
-    results = tuner.fit()
-    summary = export(config, results, baseline, out)
+    private_ray = init_ray(address)
+    try:
+        with graceful_stop() as stopped_by:
+            baseline = baseline_metrics(config, out, baseline)
+            trainable = build_trainable(config, baseline)
+            tuner = restored_tuner(path, trainable) if resume else new_tuner(config, trainable)
+            results = tuner.fit()
+        if stopped_by:
+            name = signal.Signals(stopped_by[0]).name
+            return Summary(
+                text=f"{name}: the sweep stopped; its finished trials and checkpoints are "
+                f"saved in {path}. Continue it with: python sweeps/run.py --name {config.name} "
+                f"--resume (with the same --config and options)",
+                best_dir=None,
+                out=out,
+                stopped_by=stopped_by[0],
+            )
+        summary = export(config, results, baseline, out)
+    finally:
+        if private_ray:
+            stop_ray()
     if "://" in str(path) and summary.best_dir is not None:
         upload_export(out, str(path))
         summary = dataclasses.replace(
             summary, text=f"{summary.text}\nin storage: {path}/best (and the report)"
         )
     return summary
+
+
+def restored_tuner(path: Path | str, trainable):
+    from ray import tune
+
+    if not tune.Tuner.can_restore(str(path)):
+        raise ConfigError(f"nothing to resume at {path}; run without --resume first")
+    logger.info(
+        "resuming %s: finished trials stay, unfinished ones continue from their checkpoint", path
+    )
+    return tune.Tuner.restore(
+        str(path), trainable=trainable, resume_unfinished=True, resume_errored=False
+    )
+
+
+def new_tuner(config: SweepConfig, trainable):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    out, path = local_dir(config), sweep_dir(config)
+    if "://" not in str(path) and tune.Tuner.can_restore(str(path)):
+        raise ConfigError(f"{path} already holds a sweep: pass --resume, or a new --name")
+    searcher = OptunaSearch(
+        metric=OBJECTIVE,
+        mode="max",
+        seed=config.seed,
+        points_to_evaluate=[dict(p) for p in config.first_points] or None,
+    )
+    scheduler = ASHAScheduler(
+        time_attr="training_iteration",
+        max_t=max_epochs(config),
+        grace_period=config.grace_period,
+        reduction_factor=config.reduction_factor,
+    )
+    callbacks = [cb for cb in (wandb_callback(config, out),) if cb is not None]
+    tuner = tune.Tuner(
+        trainable,
+        param_space=tune_space(config.search),
+        tune_config=tune.TuneConfig(
+            # metric and mode go to OptunaSearch AND here (Ray 2.60 wants both to agree).
+            metric=OBJECTIVE,
+            mode="max",
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=config.num_samples,
+            max_concurrent_trials=config.max_concurrent_trials,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=config.name,
+            storage_path=str(path).rsplit("/", 1)[0]
+            if "://" in str(path)
+            else str(Path(path).parent),
+            callbacks=callbacks,
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=config.checkpoints_to_keep,
+                checkpoint_score_attribute=OBJECTIVE,
+                checkpoint_score_order="max",
+            ),
+            failure_config=tune.FailureConfig(max_failures=config.max_failures),
+            verbose=1,
+        ),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(config.to_dict(), indent=2))
+    return tuner
+
+
+@contextlib.contextmanager
+def graceful_stop() -> Iterator[list[int]]:
+    """Inside the block, Ctrl-C (SIGINT) and SIGTERM stop the sweep so that it can be resumed.
+
+    The first one asks Tune to stop (SIGUSR1, Tune's own graceful stop: it ends the trials and
+    writes the experiment state, so --resume continues from the last checkpoints) and is
+    recorded in the yielded list; before Tune runs, or at a second signal, it is a
+    KeyboardInterrupt. Tune's own SIGINT handler is turned off so that both signals take this
+    one path (ray.init installs a SIGTERM handler that exits without saving anything).
+    """
+    received: list[int] = []
+
+    def stop(signum, frame):
+        tune_listens = callable(signal.getsignal(signal.SIGUSR1))
+        if received or not tune_listens:
+            raise KeyboardInterrupt(signal.Signals(signum).name)
+        received.append(signum)
+        logger.warning("%s: stopping the sweep (resumable)", signal.Signals(signum).name)
+        os.kill(os.getpid(), signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def stop_ray() -> None:
+    """Stop the private Ray this sweep started, leaving none of its processes behind."""
+    import ray
+
+    processes = cli.ray_descendants()
+    ray.shutdown()
+    cli.reap(processes)
 
 
 def upload_export(out: Path, uri: str) -> None:

@@ -9,9 +9,11 @@ is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from trainers.errors import UserError
 
@@ -21,6 +23,7 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUIET_LOGGERS = (
     "sentence_transformers.sentence_transformer.evaluation.information_retrieval",
     "httpx",
+    "tensorboardX",  # Tune's TensorBoard logger: a line per metric name with an '@' in it
 )
 
 
@@ -38,3 +41,77 @@ def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def exit_now(code: int) -> None:
+    """Flush what was printed and logged, then end the process without the interpreter's
+    slow finalisation; only for a command that has already cleaned up after itself."""
+    import os
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@contextlib.contextmanager
+def terminate_as_interrupt() -> Iterator[None]:
+    """Inside the block SIGTERM (docker stop, systemd, Kubernetes) stops the command the way
+    Ctrl-C does: as a KeyboardInterrupt, so its ``finally`` clean-up runs.
+
+    (``ray.init`` installs a SIGTERM handler of its own that exits without that clean-up;
+    enter this block after Ray has started.)
+    """
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def ignore_stop_signals() -> None:
+    """Clean-up has begun: a second Ctrl-C or SIGTERM must not leave it half done."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
+
+
+def ray_descendants() -> list:
+    """The live processes of the Ray this process started (raylet, GCS, workers, agents, the
+    HAProxy of Serve), as psutil.Process objects; other children are left alone."""
+    import psutil
+
+    found: dict[int, psutil.Process] = {}
+    for process in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            command = " ".join(process.cmdline())
+            if process.name() in RAY_PROCESS_NAMES or "/ray/" in command or "ray::" in command:
+                # and what Ray's processes started in turn (W&B's service, HAProxy...)
+                for member in [process, *process.children(recursive=True)]:
+                    found[member.pid] = member
+    return list(found.values())
+
+
+RAY_PROCESS_NAMES = {"raylet", "gcs_server", "haproxy"}
+
+
+def reap(processes: list, timeout_s: float = 2.0) -> list[str]:
+    """Wait up to ``timeout_s`` for ``processes`` to end, then kill the ones left.
+
+    Take the list *before* stopping what started them: a process whose parent is gone is no
+    longer a descendant (Ray's agents outlive their raylet by seconds, HAProxy indefinitely).
+    Returns what had to be killed, for the log.
+    """
+    import psutil
+
+    _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+    killed = []
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            killed.append(" ".join(process.cmdline())[:80] or process.name())
+            process.kill()
+    psutil.wait_procs(alive, timeout=timeout_s)
+    return killed

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from trainers import cli
 from trainers import config as config_lib
@@ -127,8 +128,11 @@ def build_loss(model, config: TrainConfig):
     )
 
 
-def prepare(config: TrainConfig):
-    """Model (dims checked), data split and evaluator of a run: everything before training."""
+def prepare(config: TrainConfig, progress: bool = True):
+    """Model (dims checked), data split and evaluator of a run: everything before training.
+
+    ``progress``: show progress bars (a sweep's trials do not: Ray relays them line by line).
+    """
     model = load_model(config.model, config.max_seq_length)
     check_dims(config.matryoshka_dims, embedding_dim(model), config.model)
     if config.query_prompt:
@@ -143,14 +147,14 @@ def prepare(config: TrainConfig):
         matryoshka_dims=config.matryoshka_dims,
         primary=config.objective,
         batch_size=config.eval_batch_size,
-        show_progress_bar=True,
+        show_progress_bar=progress,
     )
     return model, split, evaluator
 
 
-def evaluate_baseline(config: TrainConfig) -> dict[str, float]:
+def evaluate_baseline(config: TrainConfig, progress: bool = True) -> dict[str, float]:
     """The untrained model's metrics on the run's held-out split (the same for every trial)."""
-    model, _, evaluator = prepare(config)
+    model, _, evaluator = prepare(config, progress)
     return evaluator(model)
 
 
@@ -222,7 +226,9 @@ class EpochReporter(TrainerCallback):
         self.pending = None
 
 
-def training_args(config: TrainConfig, checkpoints: Path, save_each_epoch: bool):
+def training_args(
+    config: TrainConfig, checkpoints: Path, save_each_epoch: bool, progress: bool = True
+):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
 
@@ -233,7 +239,8 @@ def training_args(config: TrainConfig, checkpoints: Path, save_each_epoch: bool)
         per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.gradient_accumulation_steps,
         learning_rate=config.learning_rate,
-        warmup_ratio=config.warmup_ratio,
+        # transformers 5 reads a float warmup_steps as the ratio (warmup_ratio is deprecated).
+        warmup_steps=float(config.warmup_ratio),
         lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
         seed=config.seed,
@@ -249,6 +256,7 @@ def training_args(config: TrainConfig, checkpoints: Path, save_each_epoch: bool)
         greater_is_better=True,
         logging_steps=10,
         report_to="none",
+        disable_tqdm=not progress,
         dataloader_num_workers=dataloader_workers(config.dataloader_workers),
         **precision_args(config.precision),
     )
@@ -260,6 +268,7 @@ def train(
     *,
     resume_from: str | None = None,
     baseline: dict[str, float] | None = None,
+    progress: bool = True,
 ) -> TrainResult:
     """Fine-tune ``config.model`` with MatryoshkaLoss(MNRL) and save it to ``config.output_dir``.
 
@@ -267,7 +276,8 @@ def train(
     the flat per-dim metrics (``dim_64_cosine_map@100``...), the run's ``first_step_unix`` and
     ``train_seconds`` so far, and that epoch's checkpoint, so a sweep can report them.
     ``resume_from`` continues from such a checkpoint; ``baseline``
-    skips the baseline evaluation when the caller already has it.
+    skips the baseline evaluation when the caller already has it. ``progress=False`` turns
+    off the progress bars and the trainer's printed logs (``on_epoch`` is the progress view).
     """
     from datasets import Dataset
     from sentence_transformers import SentenceTransformerTrainer
@@ -275,7 +285,7 @@ def train(
 
     started = time.perf_counter()
     set_seed(config.seed)
-    model, split, evaluator = prepare(config)
+    model, split, evaluator = prepare(config, progress)
     if baseline is None:
         logger.info(
             "baseline evaluation: %d queries against %d passages",
@@ -304,12 +314,15 @@ def train(
     )
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=training_args(config, checkpoints, save_each_epoch),
+        args=training_args(config, checkpoints, save_each_epoch, progress),
         train_dataset=train_dataset,
         loss=build_loss(model, config),
         evaluator=evaluator,
         callbacks=[reporter],
     )
+    if not progress:
+        # With its bars off, the HF trainer prints every log dict instead (PrinterCallback).
+        trainer.remove_callback(PrinterCallback)
     trainer.train(resume_from_checkpoint=resume_from)
 
     if result.epochs:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import tempfile
 
 import pytest
+
+# serve.delete() of an app waits out each replica's draining period (30 s: time for an external
+# load balancer to deregister it); no load balancer sits in front of these tests.
+os.environ.setdefault("RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S", "0")
 
 
 def free_port() -> int:
@@ -27,8 +33,7 @@ def serve_url():
     port = free_port()
     ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield f"http://127.0.0.1:{port}"
-    ray_serve.shutdown()
-    ray.shutdown()
+    serve.app.stop()
 
 
 def deploy(serve_url: str, args: dict, name: str, route_prefix: str, **options) -> str:
@@ -43,3 +48,17 @@ def deploy(serve_url: str, args: dict, name: str, route_prefix: str, **options) 
     url = serve_url + route_prefix.rstrip("/")
     wait_healthy(url)
     return url
+
+
+def own_serve_env() -> dict[str, str]:
+    """Environment for a second Serve (in a subprocess) next to this session's: HAProxy's files
+    and side ports must not collide (and a unix socket path must stay under 108 bytes, so no
+    deep pytest tmp_path)."""
+    short = tempfile.mkdtemp(prefix="hx", dir="/tmp")
+    return {
+        **os.environ,
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short}/haproxy.cfg",
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short}/admin.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()),
+    }

@@ -3,9 +3,11 @@ a killed-and-resumed sweep, and the exported best model."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,7 +18,6 @@ import numpy as np
 import pytest
 
 import sweeps
-from sweeps import run
 from sweeps.trainable import FAULT_ENV
 from tests.sweeps import wandb_records
 
@@ -24,24 +25,48 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
+# A progress bar's line, as tqdm draws it ("  40%|████      | 2/5 [00:01<00:01, 1.9it/s]").
+TQDM_LINE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")
+
+
+def sweep_env() -> dict[str, str]:
+    # W&B stays on (offline): a restored sweep brings back its pickled W&B callback too.
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    return {**env, "PYTHONUNBUFFERED": "1"}
+
+
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-    """One smoke sweep (3 trials, tiny model) whose first-point trial fails after epoch 1."""
-    import ray
-
-    ray.shutdown()  # a sweep of its own: no Ray left over from other tests
+    """One smoke sweep (3 trials, tiny model) whose first-point trial fails after epoch 1,
+    run the way a user runs it: ``python sweeps/run.py --smoke-test``, its output kept."""
     storage = tmp_path_factory.mktemp("runs")
-    os.environ[FAULT_ENV] = "learning_rate=0.001:1"  # the smoke sweep's first point
-    try:
-        code = run.main(["--smoke-test", "--name", "smoke", "--storage_path", str(storage)])
-    finally:
-        os.environ.pop(FAULT_ENV)
-    yield code, storage / "smoke"
-    ray.shutdown()  # the sweep started a local Ray in this process: free its CPUs
+    done = subprocess.run(
+        [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "smoke"]
+        + ["--storage_path", str(storage)],
+        cwd=REPO,
+        # The smoke sweep's first point fails after its first epoch.
+        env={**sweep_env(), FAULT_ENV: "learning_rate=0.001:1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return done.returncode, storage / "smoke", done.stdout + done.stderr
+
+
+def test_the_sweep_prints_no_progress_bars(smoke_sweep):
+    """Tune's status table and one line per trial per epoch are the progress view: bars relayed
+    line by line from the trials would flood it."""
+    _, _, output = smoke_sweep
+    bars = [line for line in output.splitlines() if TQDM_LINE.search(line)]
+    assert not bars, f"{len(bars)} progress-bar lines, e.g. {bars[:3]}"
+    epochs = [
+        line for line in output.splitlines() if "epoch 1/" in line and "MAP@100 by dim" in line
+    ]
+    assert len(epochs) >= 3, output[-3000:]
 
 
 def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
-    code, out = smoke_sweep
+    code, out, output = smoke_sweep
     assert code == 0
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert len(rows) == 3
@@ -65,7 +90,7 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(smoke_sweep):
-    _, out = smoke_sweep
+    _, out, _ = smoke_sweep
     rows = list(csv.DictReader((out / "results.csv").open()))
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and "injected fault" in failed[0]["error"]
@@ -74,7 +99,7 @@ def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(smoke_sweep):
 
 
 def test_every_trial_logs_every_dim_to_wandb_offline(smoke_sweep):
-    _, out = smoke_sweep
+    _, out, _ = smoke_sweep
     run_files = sorted((out / "wandb").rglob("offline-run-*/run-*.wandb"))
     assert len(run_files) == 3, "one W&B run per trial"
     for run_file in run_files:
@@ -88,54 +113,71 @@ def test_every_trial_logs_every_dim_to_wandb_offline(smoke_sweep):
         assert "objective" in keys
 
 
-def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path):
+@pytest.mark.parametrize(
+    "signum", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"]
+)
+def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(tmp_path, signum):
+    """A crash (SIGKILL), Ctrl-C (SIGINT) or a service manager's stop (SIGTERM) mid-sweep:
+    the last two stop it in 5 s with no Ray process left; after any of them --resume finishes
+    the sweep without running a finished trial again."""
+    import psutil
+
     storage = tmp_path / "runs"
-    command = [
-        sys.executable,
-        "sweeps/run.py",
-        "--smoke-test",
-        "--name",
-        "killed",
-        "--storage_path",
-        str(storage),
-    ]
-    # W&B stays on (offline): a restored sweep brings back its pickled W&B callback too.
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    env["PYTHONUNBUFFERED"] = "1"
+    command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "stopped"]
+    command += ["--storage_path", str(storage)]
+    log = tmp_path / "first.log"
+    # A session of its own, so that the signals reach only the sweep (and SIGINT is not
+    # inherited as ignored from a non-interactive shell).
     proc = subprocess.Popen(
         command,
         cwd=REPO,
-        env=env,
+        env=sweep_env(),
         start_new_session=True,
-        stdout=open(tmp_path / "first.log", "w"),
+        stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
-    out = storage / "killed"
+    out = storage / "stopped"
     deadline = time.monotonic() + 300
     finished: dict[str, list] = {}
     interrupted: list[str] = []
     try:
-        # Kill it hard once one trial has finished and another holds a checkpoint mid-run.
+        # Stop it once one trial has finished and another holds a checkpoint mid-run.
         while time.monotonic() < deadline:
-            time.sleep(1)
+            time.sleep(0.5)
             trials = sweeps.trial_results(out) if out.exists() else []
             done = {t.trial_id: t.reports for t in trials if t.done}
             checkpointed = [t.trial_id for t in trials if not t.done and t.checkpoints]
             if done and checkpointed:
                 finished, interrupted = done, checkpointed
                 break
-            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert proc.poll() is None, log.read_text()[-3000:]
         else:
-            pytest.fail(
-                "no trial finished in time:\n" + (tmp_path / "first.log").read_text()[-3000:]
-            )
+            pytest.fail("no trial finished in time:\n" + log.read_text()[-3000:])
+        processes = psutil.Process(proc.pid).children(recursive=True)
+        sent = time.monotonic()
+        os.kill(proc.pid, signum)
+        proc.wait(timeout=120)
+        took = time.monotonic() - sent
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     assert not (out / "results.csv").exists(), "the first run must not have finished"
+    if signum != signal.SIGKILL:
+        assert proc.returncode == 128 + signum, log.read_text()[-3000:]
+        assert took <= 5.0, f"{signal.Signals(signum).name} took {took:.1f} s to stop the sweep"
+        time.sleep(0.5)  # reaped processes leave the table
+        left = [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert not left, [" ".join(p.cmdline())[:100] for p in left]
+        assert "--resume" in log.read_text()  # it says how to continue
 
     resumed = subprocess.run(
-        command + ["--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+        command + ["--resume"],
+        cwd=REPO,
+        env=sweep_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
