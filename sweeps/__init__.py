@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sweeps.config import SweepConfig
-    from sweeps.report import Summary, TrialReports
+    from sweeps.report import SearchHistory, Summary, TrialReports
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "local.yaml"
 
@@ -61,7 +61,14 @@ def run_sweep(
 
 
 def trial_results(out: str | Path) -> list[TrialReports]:
-    """Every trial of the finished sweep in ``out`` (runs/<name>/) with all its reports."""
+    """Every trial of the sweep in ``out`` (runs/<name>/) with all its reports."""
     from sweeps.report import read_trials
 
     return read_trials(Path(out))
+
+
+def search_history(out: str | Path) -> SearchHistory:
+    """The sampler the sweep in ``out`` ran, and what each trial told it (COMPLETE, PRUNED)."""
+    from sweeps.report import read_search
+
+    return read_search(Path(out))

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
@@ -27,12 +27,15 @@ from sweeps.space import DISTRIBUTIONS, Param
 from trainers import config as config_lib
 from trainers.config import DEFAULT_OBJECTIVE, SEED_RECIPE, Config, ConfigError, TrainConfig
 
-# Keys Optuna may sample; the rest of TrainConfig is fixed per sweep (under `train:`).
+# Keys a sweep may search; the rest of TrainConfig is fixed per sweep (under `train:`).
+# matryoshka_weights searches one weight per dim; matryoshka_weight_profile ties them to one
+# number (see profile_weights), for small budgets.
 SEARCHABLE = {
     "learning_rate",
     "batch_size",
     "epochs",
     "matryoshka_weights",
+    "matryoshka_weight_profile",
     "warmup_ratio",
     "loss",
     "weight_decay",
@@ -41,6 +44,53 @@ SEARCHABLE = {
     "mini_batch_size",
 }
 Point = dict[str, float | int | str]
+Sampler = Literal["auto", "tpe", "gp", "qmc", "random"]
+
+
+def profile_weights(dims: tuple[int, ...], gamma: float) -> tuple[float, ...]:
+    """One loss weight per dim from one number: ``(largest dim / dim) ** gamma``, scaled to a
+    mean of 1 (so the effective learning rate stays comparable). gamma = 0 weighs every dim
+    alike (the seed recipe); gamma > 0 weighs the small dims more, gamma < 0 the large ones."""
+    raw = [(dims[0] / d) ** gamma for d in dims]
+    mean = sum(raw) / len(raw)
+    return tuple(w / mean for w in raw)
+
+
+class RefitConfig(Config):
+    """After the search, the best configuration trained once more on a larger budget."""
+
+    max_pairs: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="training pairs of the refit; null = the whole train split"
+    )
+
+
+class GuardConfig(Config):
+    """A data set out of the training domain: what fine-tuning must not cost the base model.
+
+    Base, seed recipe, best trial and refit are all scored on it at every dim, and the exported
+    model is mixed with the base in weight space (WiSE-FT) when that is what keeps it within
+    ``tolerance`` of the base: of the factors in ``mix``, the one with the best validation
+    objective among those within tolerance at every dim.
+    """
+
+    data: str = Field("wordnet", description="'wordnet' (built in), a pairs file, or a hub id")
+    data_split: str = Field("train", description="split to read from a Hugging Face data set")
+    query_column: str = Field("anchor", description="column holding the query")
+    passage_column: str = Field("positive", description="column holding the relevant passage")
+    group_column: str | None = Field(None, description="optional group id column")
+    max_pairs: Annotated[int, Field(ge=4)] | None = Field(
+        2000, description="pairs drawn (seeded) for the guard task: its corpus"
+    )
+    max_queries: Annotated[int, Field(ge=1)] | None = Field(
+        500, description="queries drawn from them"
+    )
+    tolerance: float = Field(
+        0.01, ge=0, description="MAP@100 the exported model may lose against the base, any dim"
+    )
+    mix: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
+        (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+        description="WiSE-FT factors tried (share of the fine-tuned weights; 1 = as trained)",
+    )
 
 
 class SweepConfig(Config):
@@ -49,7 +99,18 @@ class SweepConfig(Config):
     )
     train: TrainConfig = Field(description="the base trainers config: every fixed key")
     search: tuple[Param, ...] = Field(
-        (), description="searched keys (one weight_<dim> per Matryoshka dim)"
+        (),
+        description="sampled keys (one weight_<dim> per Matryoshka dim, or weight_profile); "
+        "epochs is the budget, not sampled (see epochs)",
+    )
+    epochs: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        (1, 1),
+        description="(fewest, most) epochs: every trial trains the most (its learning-rate "
+        "schedule spans them, so trials compared at an epoch are at the same phase) and keeps "
+        "its best epoch at or above the fewest",
+    )
+    seed_epochs: Annotated[int, Field(ge=1)] | None = Field(
+        None, description="epochs of the seed recipe's trial (its own schedule); None: no seed"
     )
     seed_recipe: bool = Field(True, description="evaluate the seed recipe as the first trial")
     first_points: tuple[Point, ...] = Field(
@@ -87,21 +148,69 @@ class SweepConfig(Config):
     )
     wandb_project: str = Field("matryoshka-sweeps", description="W&B project")
     wandb: bool = Field(True, description="log to W&B (offline files without WANDB_API_KEY)")
+    wandb_sweep_id: str | None = Field(
+        None, description="a W&B Sweep for the runs to join (default: a new one when online)"
+    )
+    sampler: Sampler = Field(
+        "auto",
+        description="Optuna sampler: tpe, gp (Gaussian process), qmc (Sobol), random; auto "
+        "picks one from the number of sampled trials and searched keys (sweeps/search.py)",
+    )
+    refit: RefitConfig | None = Field(
+        RefitConfig(), description="retrain the best configuration on a larger budget; null = no"
+    )
+    guard: GuardConfig | None = Field(
+        None, description="an out-of-domain data set the exported model must not get worse on"
+    )
+    onnx: bool = Field(
+        True,
+        description="export ONNX Runtime backends (fp32, int8) with the model and gate them per "
+        "dim on the test split",
+    )
+    onnx_tolerance: float = Field(
+        0.005, ge=0, description="MAP@100 a backend may lose against torch fp32 at any dim"
+    )
 
     @property
     def dims(self) -> tuple[int, ...]:
         return self.train.matryoshka_dims
 
+    @property
+    def max_epochs(self) -> int:
+        """The budget: epochs every trial's schedule spans (the seed recipe's trial aside)."""
+        return self.epochs[1]
+
+    def is_seed(self, sampled: Mapping[str, Any]) -> bool:
+        return self.seed_epochs is not None and dict(sampled) == dict(self.first_points[0])
+
     def trial_config(
-        self, sampled: Mapping[str, Any], output_dir: str | None = None
+        self,
+        sampled: Mapping[str, Any],
+        output_dir: str | None = None,
+        epochs: int | None = None,
+        **overrides: Any,
     ) -> TrainConfig:
-        """The trainers config of one trial: the base config plus what Optuna sampled."""
-        changes = {k: v for k, v in sampled.items() if not k.startswith("weight_")}
-        weights = {int(k.split("_")[1]): v for k, v in sampled.items() if k.startswith("weight_")}
+        """The trainers config of one trial: the base config plus what Optuna sampled, trained
+        for ``epochs`` (default: the budget; the seed recipe's trial: its own epochs), with
+        ``overrides`` of any other trainers key."""
+        changes: dict[str, Any] = {k: v for k, v in sampled.items() if not k.startswith("weight_")}
+        weights = {
+            int(k.split("_")[1]): v
+            for k, v in sampled.items()
+            if k.startswith("weight_") and k != "weight_profile"
+        }
         if weights:
             changes["matryoshka_weights"] = [float(weights[d]) for d in self.dims]
+        if "weight_profile" in sampled:
+            changes["matryoshka_weights"] = profile_weights(
+                self.dims, float(sampled["weight_profile"])
+            )
+        if epochs is None:
+            epochs = self.seed_epochs if self.is_seed(sampled) else self.max_epochs
+        changes["epochs"] = epochs
         if output_dir is not None:
             changes["output_dir"] = output_dir
+        changes.update(overrides)
         try:
             return self.train.replace(**changes)
         except ConfigError as err:
@@ -109,12 +218,14 @@ class SweepConfig(Config):
 
 
 # The YAML's keys: the scalar fields, train/search as mappings, and the raw first points.
-YAML_KEYS = (set(SweepConfig.model_fields) - {"first_points"}) | {"points_to_evaluate"}
+YAML_KEYS = (set(SweepConfig.model_fields) - {"first_points", "epochs", "seed_epochs"}) | {
+    "points_to_evaluate"
+}
 # What a `--key value` on the command line may set at the sweep level.
 CLI_FIELDS = {
     k: f
     for k, f in SweepConfig.model_fields.items()
-    if k not in ("train", "search", "first_points")
+    if k not in ("train", "search", "first_points", "epochs", "seed_epochs", "refit", "guard")
 }
 
 
@@ -132,13 +243,34 @@ def parse(raw: Mapping[str, Any]) -> SweepConfig:
     overlap = sorted(set(search_raw) & set(train_raw))
     if overlap:
         raise ConfigError(f"{overlap} are both fixed (train:) and searched (search:): keep one")
+    weights = {"matryoshka_weights", "matryoshka_weight_profile"}
+    if weights <= set(search_raw) | set(train_raw) and "matryoshka_weight_profile" in search_raw:
+        raise ConfigError(
+            "matryoshka_weights and matryoshka_weight_profile both set: search one of them"
+        )
     objective = values.get("objective", DEFAULT_OBJECTIVE)
     train = config_lib.parse(TrainConfig, {**train_raw, "objective": objective}, where="train")
     params = parse_search(search_raw, train)
+    epochs = epoch_range(search_raw.get("epochs"), train)
     seed_recipe = SweepConfig.check_value("seed_recipe", values.get("seed_recipe", True))
-    points = first_points(seed_recipe, values.pop("points_to_evaluate", None) or [], params, train)
+    searched_epochs = epochs if "epochs" in search_raw else None
+    points = first_points(
+        seed_recipe, values.pop("points_to_evaluate", None) or [], params, train, searched_epochs
+    )
+    seed_epochs = None
+    if seed_recipe:
+        # The seed recipe's own epochs when the sweep searches them; else the fixed ones.
+        seed_epochs = SEED_RECIPE.epochs if "epochs" in search_raw else train.epochs
     config = config_lib.parse(
-        SweepConfig, {**values, "train": train, "search": params, "first_points": points}
+        SweepConfig,
+        {
+            **values,
+            "train": train,
+            "search": params,
+            "first_points": points,
+            "epochs": epochs,
+            "seed_epochs": seed_epochs,
+        },
     )
     if len(points) > config.num_samples:
         raise ConfigError(
@@ -155,8 +287,24 @@ def _mapping(value: Any, key: str) -> dict[str, Any]:
     return dict(value)
 
 
+def epoch_range(spec: Any, train: TrainConfig) -> tuple[int, int]:
+    """(fewest, most) epochs: a searched range's bounds, or 1 and the fixed epochs.
+
+    Epochs are the budget, not a sampled value: every trial trains the most, so that trials
+    compared at the same epoch (ASHA's rungs) are at the same point of the same learning-rate
+    schedule, and each keeps its best epoch from the range (README, The sweep).
+    """
+    if spec is None:
+        return (1, train.epochs)
+    ((kind, args),) = spec.items()
+    values = [int(a) for a in args]
+    return (min(values), max(values))
+
+
 def parse_search(search: Mapping[str, Any], train: TrainConfig) -> tuple[Param, ...]:
-    """The ``search:`` block as Params; matryoshka_weights expands to one ``weight_<dim>`` per dim.
+    """The ``search:`` block as the Params Optuna samples: matryoshka_weights expands to one
+    ``weight_<dim>`` per dim, matryoshka_weight_profile is ``weight_profile``, and epochs (the
+    budget, see epoch_range) is checked but not sampled.
 
     Every bound and choice is checked as a value of its trainers key, without building a config.
     """
@@ -202,7 +350,13 @@ def parse_search(search: Mapping[str, Any], train: TrainConfig) -> tuple[Param, 
                 raise ConfigError(f"search.{key}.loguniform: low must be > 0, got {low}")
             if kind == "randint" and (low != int(low) or high != int(high)):
                 raise ConfigError(f"search.{key}.randint: bounds must be integers, got {args!r}")
+        if key == "epochs" and kind not in ("randint", "choice"):
+            raise ConfigError(f"search.epochs.{kind}: epochs need randint or choice (integers)")
         for value in args:  # every bound or choice must itself be a valid trainers value
+            if key == "matryoshka_weight_profile":
+                if not isinstance(value, (int, float)):
+                    raise ConfigError(f"search.{key}: {value!r} is not a number")
+                continue
             probe = [value] * len(dims) if key == "matryoshka_weights" else value
             try:
                 TrainConfig.check_value(key, probe)
@@ -210,23 +364,33 @@ def parse_search(search: Mapping[str, Any], train: TrainConfig) -> tuple[Param, 
                 raise ConfigError(f"search.{key}: {err}") from None
         if key == "matryoshka_weights":
             params += [Param(key=f"weight_{dim}", kind=kind, args=tuple(args)) for dim in dims]
-        else:
+        elif key == "matryoshka_weight_profile":
+            params.append(Param(key="weight_profile", kind=kind, args=tuple(args)))
+        elif key != "epochs":
             params.append(Param(key=key, kind=kind, args=tuple(args)))
     return tuple(params)
 
 
 def first_points(
-    seed_recipe: bool, points: Any, params: tuple[Param, ...], train: TrainConfig
+    seed_recipe: bool,
+    points: Any,
+    params: tuple[Param, ...],
+    train: TrainConfig,
+    epochs: tuple[int, int] | None,
 ) -> tuple[Point, ...]:
-    """The points Optuna evaluates first, in sampled-key form: the seed recipe, then the user's."""
+    """The points Optuna evaluates first, in sampled-key form: the seed recipe, then the user's.
+
+    A point may name epochs when they are searched (``epochs``: their range); they are not
+    sampled, so they are checked and left out of the point.
+    """
     if not isinstance(points, list) or not all(isinstance(p, Mapping) for p in points):
         raise ConfigError(
             f"points_to_evaluate: expected a list of {{key: value}} mappings, got {points!r}"
         )
     by_key = {p.key: p for p in params}
-    searched = {p.key for p in params} | (
-        {"matryoshka_weights"} if any(k.startswith("weight_") for k in by_key) else set()
-    )
+    searched = {p.key for p in params}
+    if any(k.startswith("weight_") and k != "weight_profile" for k in by_key):
+        searched.add("matryoshka_weights")
     dims = train.matryoshka_dims
     raw = [(f"points_to_evaluate[{i}]", dict(p)) for i, p in enumerate(points)]
     if seed_recipe:
@@ -236,7 +400,20 @@ def first_points(
         recipe = label == "seed_recipe"
         flat: Point = {}
         for key, value in point.items():
-            if key == "matryoshka_weights" and key in searched:
+            if key == "epochs":
+                if epochs is None and not recipe:
+                    raise ConfigError(f"{label}.epochs: not a searched key")
+                if epochs is not None and not epochs[0] <= value <= epochs[1]:
+                    where = "seed_recipe" if recipe else label
+                    raise ConfigError(
+                        f"{where}: epochs={value} is outside search.epochs {list(epochs)}; widen "
+                        "the range" + (" or set seed_recipe: false" if recipe else "")
+                    )
+            elif key == "matryoshka_weights" and "weight_profile" in by_key:
+                if value is not None:
+                    raise ConfigError(f"{label}.matryoshka_weights: give weight_profile instead")
+                flat["weight_profile"] = 0.0  # all weights alike
+            elif key == "matryoshka_weights" and key in searched:
                 values = (
                     [1.0] * len(dims)
                     if value is None
@@ -269,8 +446,7 @@ def first_points(
                 if recipe:
                     raise ConfigError(
                         f"seed_recipe: {key}={value} is outside search.{key} "
-                        f"{list(by_key[key].args)}; widen "
-                        "the range or set seed_recipe: false"
+                        f"{list(by_key[key].args)}; widen the range or set seed_recipe: false"
                     )
                 raise ConfigError(
                     f"{label}.{key}={value} is outside search.{key} {list(by_key[key].args)}"

@@ -1,8 +1,10 @@
 """What a finished sweep leaves behind in runs/<name>/:
 
-- best/         the best trial's best epoch: a plain sentence-transformers folder + metrics.json
-- results.csv   one row per trial: sampled config, per-dim MAP@100, status, time
-- report.md     best config, base vs best per dim and metric, the trial table, failures
+- best/         the exported model: a plain sentence-transformers folder + metrics.json
+- results.csv   one row per trial (sampled values, chosen epochs, per-dim validation MAP@100,
+                status, seconds) and one for the refit
+- report.md     the search (sampler, epochs), the held-out test table (base / seed recipe /
+                best trial / refit / exported), the guard set and weight mixing, every trial
 - map_vs_dim.png, importance.png   plots the report shows
 """
 
@@ -12,28 +14,19 @@ import csv
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sweeps.config import SweepConfig
+from sweeps.finish import Pick, Verdict
+from sweeps.search import choose_sampler
 from sweeps.space import optuna_distributions
-from sweeps.trainable import OBJECTIVE
-from trainers.models import write_matryoshka_info
+from sweeps.trainable import OBJECTIVE, SELECTION
+from trainers.backends import gate_table
 
 logger = logging.getLogger(__name__)
 
-# Training state inside a checkpoint that a served model does not need.
-TRAINING_STATE = {
-    "optimizer.pt",
-    "scheduler.pt",
-    "rng_state.pth",
-    "scaler.pt",
-    "trainer_state.json",
-    "training_args.bin",
-}
 TABLE_METRICS = ("map@100", "ndcg@10", "mrr@10", "accuracy@1", "recall@10")
 
 
@@ -89,51 +82,89 @@ def read_trials(out: Path) -> list[TrialReports]:
     return trials
 
 
+@dataclass
+class SearchHistory:
+    """What the sampler saw: its class, and Optuna's record of every trial told to it."""
+
+    sampler: str
+    trials: list[dict[str, Any]]  # {"state": "COMPLETE" | "PRUNED" | ..., "value", "params"}
+
+
+def read_search(out: Path) -> SearchHistory:
+    """The searcher's saved state in the sweep folder ``out`` (Tune saves it as it goes)."""
+    import pickle
+
+    states = sorted(Path(out).glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    if not states:
+        raise FileNotFoundError(f"no searcher state in {out}")
+    with states[-1].open("rb") as f:
+        state = pickle.load(f)
+    study = state["_ot_study"]
+    trials = [
+        {
+            "state": t.state.name,
+            "value": t.value,
+            "params": t.params,
+            "steps": t.intermediate_values,
+        }
+        for t in study.trials
+    ]
+    return SearchHistory(type(study.sampler).__name__, trials)
+
+
 def trial_table(config: SweepConfig, results) -> list[dict[str, Any]]:
-    """One row per trial, with the metrics of its best epoch, its status and its error."""
+    """One row per trial: its chosen epoch (the best among those the sweep may choose) with
+    that epoch's validation metrics, its status and its error."""
     params = [p.key for p in config.search]
-    first = config.first_points
     rows = []
     for result in results:
         frame = result.metrics_dataframe
-        reported = frame is not None and OBJECTIVE in getattr(frame, "columns", [])
-        trial_config = result.config or {}
+        reported = frame is not None and SELECTION in getattr(frame, "columns", [])
+        sampled = result.config or {}
         row: dict[str, Any] = {
             "trial": (result.metrics or {}).get("trial_id") or Path(result.path).name
         }
-        row.update({k: trial_config.get(k) for k in params})
+        row.update({k: sampled.get(k) for k in params})
         best: dict[str, Any] = {}
         epochs_done = 0
         if reported:
-            best = frame.loc[frame[OBJECTIVE].idxmax()].to_dict()
             epochs_done = int(frame["epoch"].max())
+            choosable = frame[frame[SELECTION] > -1]
+            if len(choosable):
+                best = choosable.loc[choosable[SELECTION].idxmax()].to_dict()
+        row["chosen_epochs"] = int(best["epoch"]) if best else None
         for dim in config.dims:
             row[f"dim_{dim}_map@100"] = _metric(best, f"dim_{dim}", "map@100")
         row[OBJECTIVE] = best.get(OBJECTIVE)
-        row["best_epoch"] = int(best["epoch"]) if best else None
-        planned = int(trial_config.get("epochs", config.train.epochs))
+        seed = config.is_seed(sampled)
+        planned = config.seed_epochs if seed else config.max_epochs
         if result.error is not None:
             row["status"] = "failed"
-            row["error"] = (
-                str(result.error).strip().splitlines()[-1][:300]
-                if str(result.error).strip()
-                else type(result.error).__name__
-            )
+            text = str(result.error).strip()
+            row["error"] = text.splitlines()[-1][:300] if text else type(result.error).__name__
         elif epochs_done < planned:
             row["status"] = f"stopped by ASHA after {epochs_done}/{planned} epochs"
             row["error"] = ""
         else:
-            row["status"] = "completed"
+            row["status"] = f"completed {epochs_done}/{planned} epochs"
             row["error"] = ""
         row["seconds"] = round(float((result.metrics or {}).get("time_total_s", 0.0)), 1)
-        matches = [all(trial_config.get(k) == v for k, v in p.items()) for p in first]
-        row["first_point"] = any(matches)
-        row["seed_recipe"] = bool(config.seed_recipe and matches and matches[0])
+        row["first_point"] = any(dict(sampled) == dict(p) for p in config.first_points)
+        row["seed_recipe"] = seed
         row["_result"] = result
         row["_best"] = best
         rows.append(row)
     rows.sort(key=lambda r: str(r["trial"]))
     return rows
+
+
+def pick(row: dict[str, Any]) -> Pick | None:
+    """The checkpoint of a row's chosen epoch (None if the trial left none)."""
+    result = row["_result"]
+    if not row["chosen_epochs"] or not result.best_checkpoints:
+        return None
+    checkpoint = result.get_best_checkpoint(SELECTION, "max")
+    return Pick(row["trial"], dict(result.config), row["chosen_epochs"], checkpoint)
 
 
 def _metric(metrics: dict[str, Any], prefix: str, name: str) -> float | None:
@@ -147,46 +178,16 @@ def _metric(metrics: dict[str, Any], prefix: str, name: str) -> float | None:
     return None
 
 
-def export_best(
-    row: dict[str, Any], out: Path, baseline: dict[str, float], config: SweepConfig
-) -> Path | None:
-    """Copy the best trial's best checkpoint, less its training state, to out/best."""
-    result = row["_result"]
-    checkpoint = (
-        result.get_best_checkpoint(OBJECTIVE, "max")
-        if result.best_checkpoints
-        else result.checkpoint
-    )
-    if checkpoint is None:
-        logger.warning("the best trial %s left no checkpoint: no model exported", row["trial"])
-        return None
-    best = out / "best"
-    shutil.rmtree(best, ignore_errors=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        source = Path(checkpoint.to_directory(tmp))
-        shutil.copytree(
-            source, best, ignore=lambda d, names: [n for n in names if n in TRAINING_STATE]
-        )
-    metrics = {k: v for k, v in row["_best"].items() if k.startswith(("dim_", "mean_"))}
-    write_matryoshka_info(best, config.dims)
-    (best / "metrics.json").write_text(
-        json.dumps(
-            {
-                "sweep": config.name,
-                "trial": row["trial"],
-                "epoch": row["best_epoch"],
-                "objective": config.objective,
-                "config": config.trial_config({p.key: row[p.key] for p in config.search}).to_dict(),
-                "baseline": baseline,
-                "final": metrics,
-            },
-            indent=2,
-        )
-    )
-    return best
-
-
-def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+def write_csv(rows: list[dict[str, Any]], verdict: Verdict | None, path: Path) -> None:
+    rows = [dict(r) for r in rows]
+    if verdict is not None and verdict.refit_epochs:
+        last = verdict.refit_epochs[-1]
+        refit = {"trial": "refit", "status": f"refit on {verdict.refit_pairs} pairs", "error": ""}
+        refit["chosen_epochs"] = len(verdict.refit_epochs)
+        refit.update({f"dim_{d}_map@100": last.get(f"dim_{d}_cosine_map@100") for d in _dims(rows)})
+        refit[OBJECTIVE] = last.get(verdict.refit_config.get("objective", ""))
+        refit["seconds"] = round(verdict.seconds.get("refit", 0.0), 1)
+        rows.append(refit)
     columns = [k for k in rows[0] if not k.startswith("_")] if rows else []
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
@@ -194,36 +195,27 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writerows(rows)
 
 
-def plot_map_vs_dim(
-    config: SweepConfig,
-    baseline: dict[str, float],
-    rows: list[dict[str, Any]],
-    best: dict[str, Any] | None,
-    path: Path,
-) -> None:
+def _dims(rows: list[dict[str, Any]]) -> list[int]:
+    return [int(k.split("_")[1]) for k in rows[0] if k.startswith("dim_")] if rows else []
+
+
+def plot_map_vs_dim(config: SweepConfig, verdict: Verdict, path: Path) -> None:
+    """Test-split MAP@100 against the truncation dim, one line per model of the verdict."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     dims = list(config.dims)
-    fig, ax = plt.subplots(figsize=(6, 4))
-    lines = [("base model", [_metric(baseline, f"dim_{d}", "map@100") for d in dims], "o--")]
-    seed = next((r for r in rows if r["seed_recipe"] and r[OBJECTIVE] is not None), None)
-    if seed is not None:
-        lines.append(
-            (f"seed recipe ({seed['trial']})", [seed[f"dim_{d}_map@100"] for d in dims], "s-")
-        )
-    if best is not None:
-        lines.append(
-            (f"best trial ({best['trial']})", [best[f"dim_{d}_map@100"] for d in dims], "^-")
-        )
-    for label, values, style in lines:
-        ax.plot(dims, values, style, label=label)
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    styles = iter(["o--", "s-", "^-", "D-", "v-", "x-"])
+    for label, metrics in verdict.test.items():
+        values = [metrics[f"dim_{d}_cosine_map@100"] for d in dims]
+        ax.plot(dims, values, next(styles, "-"), label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(dims, [str(d) for d in dims])
     ax.set_xlabel("Matryoshka dim (embedding truncated to)")
-    ax.set_ylabel("MAP@100 (cosine)")
+    ax.set_ylabel("MAP@100 on the test split (cosine)")
     ax.set_title(f"sweep {config.name}: MAP@100 vs dim")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -282,46 +274,64 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def write_report(config: SweepConfig, rows, baseline, best_row, best_dir, imp, out: Path) -> Path:
+def dim_table(config: SweepConfig, models: dict[str, dict[str, float]], metric: str) -> list[str]:
+    """A Markdown table: one row per dim, one column per model, of ``metric``."""
+    labels = list(models)
+    lines = [
+        "| dim | " + " | ".join(labels) + " |",
+        "|---:|" + "---:|" * len(labels),
+    ]
+    for d in config.dims:
+        cells = [_fmt(models[label].get(f"dim_{d}_cosine_{metric}")) for label in labels]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_report(
+    config: SweepConfig,
+    rows: list[dict[str, Any]],
+    best_row: dict[str, Any] | None,
+    verdict: Verdict | None,
+    imp: dict[str, float],
+    out: Path,
+) -> Path:
     params = [p.key for p in config.search]
     lines = [f"# Sweep `{config.name}`", ""]
     n_failed = sum(r["status"] == "failed" for r in rows)
     n_stopped = sum(r["status"].startswith("stopped") for r in rows)
+    sampler, why = choose_sampler(config)
+    lo, hi = config.epochs
     lines += [
         f"{len(rows)} trials: {len(rows) - n_failed - n_stopped} completed, {n_stopped} stopped "
-        "early by ASHA, "
-        f"{n_failed} failed. Objective: `{config.objective}` (maximised).",
+        f"early by ASHA, {n_failed} failed. Objective: `{config.objective}` (maximised, on the "
+        "validation split).",
         "",
+        f"- **Sampler: {sampler}** ({why}).",
+        f"- **Epochs are the budget:** every sampled trial trained {hi} epochs (its learning-rate "
+        "schedule spans them, so ASHA compared trials at the same phase of the same schedule) "
+        f"and kept its best epoch from {lo} to {hi}; the seed recipe's trial ran its own "
+        f"{config.seed_epochs} epochs to the end, outside ASHA's rungs."
+        if config.seed_epochs
+        else f"- **Epochs are the budget:** every trial trained {hi} epochs and kept its best "
+        f"epoch from {lo} to {hi}.",
     ]
     if best_row is not None:
         lines += [
-            "## Best trial",
-            "",
-            f"`{best_row['trial']}`, epoch {best_row['best_epoch']}: "
-            f"{config.objective} = {_fmt(best_row[OBJECTIVE])}. Model: `{best_dir}`",
-            "",
-            "| key | value |",
-            "|---|---|",
+            f"- **Chosen:** trial `{best_row['trial']}`, **{best_row['chosen_epochs']} epochs**: "
+            + ", ".join(f"{k} {_fmt(best_row[k])}" for k in params),
         ]
-        lines += [f"| {k} | {_fmt(best_row[k])} |" for k in params]
-        lines += [
-            "",
-            "## Base model vs best model",
-            "",
-            "| dim | " + " | ".join(f"base {m} | best {m}" for m in TABLE_METRICS) + " |",
-            "|---:|" + "---:|" * (2 * len(TABLE_METRICS)),
-        ]
-        for d in config.dims:
-            cells = []
-            for m in TABLE_METRICS:
-                cells += [
-                    _fmt(_metric(baseline, f"dim_{d}", m)),
-                    _fmt(_metric(best_row["_best"], f"dim_{d}", m)),
-                ]
-            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    if verdict is not None:
+        lines += _verdict_lines(config, verdict)
+    if best_row is not None:
         lines += ["", "![MAP@100 vs dim](map_vs_dim.png)", ""]
-    columns = ["trial", *params, *[f"dim_{d}_map@100" for d in config.dims], "status", "seconds"]
-    lines += ["## Trials", "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    columns = ["trial", *params, "chosen_epochs"]
+    columns += [f"dim_{d}_map@100" for d in config.dims] + ["status", "seconds"]
+    lines += [
+        "## Trials (validation split)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+    ]
     for r in rows:
         marks = (
             " (seed recipe)" if r["seed_recipe"] else " (first point)" if r["first_point"] else ""
@@ -347,36 +357,153 @@ def write_report(config: SweepConfig, rows, baseline, best_row, best_dir, imp, o
     return path
 
 
+def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
+    lines = []
+    if verdict.refit_config:
+        rc = verdict.refit_config
+        lines.append(
+            f"- **Refit:** the chosen configuration retrained on {verdict.refit_pairs} pairs for "
+            f"{rc['epochs']} epochs ({verdict.seconds.get('refit', 0) / 60:.1f} min); "
+            f"**exported: {verdict.exported}** (the refit is kept only if it beats the best "
+            "trial on the test split)."
+        )
+    lines += [
+        "",
+        "## Held-out test split",
+        "",
+        f"{verdict.test_task}, from packages that neither training nor validation saw. It is "
+        "scored once, at the end, and picks nothing: the trials, their epochs and the mixing "
+        "factor were chosen on the validation split, whose figures (below) are therefore "
+        "optimistic.",
+        "",
+        "MAP@100:",
+        "",
+        *dim_table(config, verdict.test, "map@100"),
+        "",
+        "NDCG@10:",
+        "",
+        *dim_table(config, verdict.test, "ndcg@10"),
+    ]
+    for metric in TABLE_METRICS[2:]:
+        lines += ["", f"{metric.upper()}:", "", *dim_table(config, verdict.test, metric)]
+    if verdict.backends:
+        lines += [
+            "",
+            "## Serving backends (quality gate)",
+            "",
+            f"The exported model through each backend on the test split; a backend is servable "
+            f"by default only within {verdict.backends['tolerance']} MAP@100 of torch fp32 at "
+            "every dim (serve/app.py --backend):",
+            "",
+            *gate_table(verdict.backends, list(config.dims)),
+        ]
+    if verdict.guard:
+        guard = config.guard
+        lines += [
+            "",
+            "## Guard set (out of domain)",
+            "",
+            f"{verdict.guard_task}. MAP@100 at every dim; the exported model may lose at most "
+            f"{guard.tolerance} against the base.",
+            "",
+            *dim_table(config, verdict.guard, "map@100"),
+            "",
+            "Weight-space mixing with the base model (WiSE-FT; factor = share of the fine-tuned "
+            f"weights), chosen by: {verdict.mix_rule}. **Chosen factor: {verdict.mix:g}.**",
+            "",
+            f"| factor | validation {config.objective} | largest guard MAP@100 drop | within |",
+            "|---:|---:|---:|---|",
+        ]
+        for m in verdict.mixes:
+            lines.append(
+                f"| {m['factor']:g} | {m['validation']:.4f} | {m['largest_drop']:+.4f} | "
+                f"{'yes' if m['within'] else 'no'} |"
+            )
+    return lines
+
+
+def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: dict) -> None:
+    """metrics.json and the model card's test and backend tables in the exported folder (its
+    matryoshka.json, with the dims and the backends' gate, was written with it)."""
+    exported = verdict.test.get(verdict.exported, {})
+    trained = verdict.refit_config if verdict.kept == "refit" else None
+    if trained is None:
+        sampled = {p.key: row[p.key] for p in config.search}
+        trained = config.trial_config(sampled, epochs=row["chosen_epochs"]).to_dict()
+    (best / "metrics.json").write_text(
+        json.dumps(
+            {
+                "sweep": config.name,
+                "trial": row["trial"],
+                "exported": verdict.exported,
+                "mix_factor": verdict.mix,
+                "objective": config.objective,
+                "config": trained,
+                "test": verdict.test,
+                "guard": verdict.guard,
+                "backends": verdict.backends,
+                "final": exported,
+            },
+            indent=2,
+        )
+    )
+    card = best / "README.md"
+    text = card.read_text() if card.is_file() else f"# {config.name}\n"
+    section = [
+        "",
+        "## Matryoshka sweep: held-out test split",
+        "",
+        f"Sweep `{config.name}`; exported: {verdict.exported}. {verdict.test_task}. MAP@100:",
+        "",
+        *dim_table(config, verdict.test, "map@100"),
+        "",
+    ]
+    if verdict.backends:
+        section += [
+            "## Serving backends (quality gate)",
+            "",
+            f"MAP@100 and NDCG@10 on the test split through each backend; servable by default "
+            f"only within {verdict.backends['tolerance']} MAP@100 of torch fp32 at every dim.",
+            "",
+            *gate_table(verdict.backends, list(config.dims)),
+            "",
+        ]
+    card.write_text(text.rstrip() + "\n" + "\n".join(section))
+
+
 def wandb_online() -> bool:
-    return bool(os.environ.get("WANDB_API_KEY"))
+    """Stream to W&B: an API key is set and W&B was not told to stay offline."""
+    return bool(os.environ.get("WANDB_API_KEY")) and os.environ.get("WANDB_MODE") != "offline"
 
 
-def export(config: SweepConfig, results, baseline: dict[str, float], out: Path) -> Summary:
+def export(
+    config: SweepConfig,
+    rows: list[dict[str, Any]],
+    best_row: dict[str, Any] | None,
+    verdict: Verdict | None,
+    out: Path,
+    wandb_line: str | None = None,
+) -> Summary:
     out.mkdir(parents=True, exist_ok=True)
-    rows = trial_table(config, results)
-    write_csv(rows, out / "results.csv")
-    scored = [r for r in rows if r[OBJECTIVE] is not None]
-    best_row = max(scored, key=lambda r: r[OBJECTIVE]) if scored else None
-    best_dir = export_best(best_row, out, baseline, config) if best_row else None
-    plot_map_vs_dim(config, baseline, rows, best_row, out / "map_vs_dim.png")
+    write_csv(rows, verdict, out / "results.csv")
+    best_dir = out / "best" if verdict is not None and (out / "best").is_dir() else None
+    if verdict is not None:
+        plot_map_vs_dim(config, verdict, out / "map_vs_dim.png")
+        if best_dir is not None:
+            write_model_files(best_dir, config, verdict, best_row)
     imp = importances(config, rows)
     if imp:
         plot_importance(imp, out / "importance.png")
-    report = write_report(config, rows, baseline, best_row, best_dir, imp, out)
+    report = write_report(config, rows, best_row, verdict, imp, out)
     text = [f"report:     {report}", f"results:    {out / 'results.csv'}"]
     if best_dir is not None:
-        text.append(f"best model: {best_dir}")
+        text.append(f"best model: {best_dir}  ({verdict.exported})")
         if (Path(__file__).resolve().parents[1] / "serve" / "app.py").is_file():
             text.append(f"serve it:   python serve/app.py --model {best_dir}")
     else:
         text.append(
             "no trial reported a result: no model exported (see the report's failed trials)"
         )
-    if config.wandb:
-        text.append(
-            f"W&B:        offline runs in {out / 'wandb'} (upload: wandb sync "
-            f"{out / 'wandb'}/wandb/offline-run-*)"
-            if not wandb_online()
-            else f"W&B:        project {config.wandb_project}, group {config.name}"
-        )
+    if wandb_line:
+        text.append(wandb_line)
     return Summary(text="\n".join(text), best_dir=best_dir, out=out)

@@ -3,7 +3,8 @@
     python sweeps/run.py                                   # the embedded default, local Ray
     python sweeps/run.py --config sweeps/configs/local.yaml --name try2 --num-samples 8
     python sweeps/run.py --name try2 --resume              # continue an interrupted sweep
-    python sweeps/run.py --smoke-test                      # tiny model, 3 trials, about a minute
+    python sweeps/run.py --smoke-test                      # tiny model, 4 trials, about a minute
+    python sweeps/run.py publish runs/local                # an offline sweep -> a W&B Sweep
     python sweeps/run.py --max_pairs 2000 --epochs 2       # any trainers key fixes that value
     RAY_ADDRESS=auto python sweeps/run.py --config sweeps/configs/cluster.yaml   # on a cluster
 
@@ -21,6 +22,7 @@ import os
 import signal
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import sweeps
@@ -69,20 +71,23 @@ def smoke_overrides() -> dict[str, Any]:
             "matryoshka_dims": [384, 128, 64],
             "max_pairs": 48,
             "eval_size": 60,
+            "test_size": 60,
             "max_seq_length": 32,
             "eval_batch_size": 64,
         },
+        "refit": {"max_pairs": 96},
+        "guard": {"data": "wordnet", "max_pairs": 120, "max_queries": 40, "mix": [0.5, 1.0]},
         "search": {
-            "learning_rate": {"loguniform": [1.0e-4, 1.0e-2]},
-            "batch_size": {"choice": [8, 16]},
-            "epochs": {"randint": [1, 2]},
+            "learning_rate": {"loguniform": [1.0e-5, 1.0e-2]},
+            "batch_size": {"choice": [8, 16, 32]},
+            "epochs": {"randint": [1, 4]},
             "matryoshka_weights": {"uniform": [0.5, 2.0]},
         },
-        "seed_recipe": False,
+        "seed_recipe": True,
         "points_to_evaluate": [
-            {"learning_rate": 1e-3, "batch_size": 16, "epochs": 2, "matryoshka_weights": 1.0}
+            {"learning_rate": 1e-3, "batch_size": 16, "matryoshka_weights": 1.0}
         ],
-        "num_samples": 3,
+        "num_samples": 4,
         "max_concurrent_trials": 2,
         "cpus_per_trial": 1.0,
         "gpus_per_trial": 0.0,
@@ -127,7 +132,23 @@ def check_storage(config: SweepConfig) -> None:
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
+def publish(argv: list[str]) -> int:
+    """``python sweeps/run.py publish runs/<name>``: upload an offline sweep as a W&B Sweep."""
+    if len(argv) != 1 or argv[0].startswith("-"):
+        raise ConfigError("usage: python sweeps/run.py publish runs/<name>")
+    folder = Path(argv[0])
+    if not (folder / "wandb").is_dir():
+        raise ConfigError(f"{folder}: not a sweep folder with W&B runs (runs/<name>/wandb/)")
+    from sweeps import wandb_sweep
+
+    print(f"W&B sweep: {wandb_sweep.publish(folder)}")
+    return 0
+
+
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["publish"]:
+        cli.setup_logging()
+        return publish(argv[1:])
     args, extra = parse_args(argv)
     cli.setup_logging()
     config = load_config(args, extra)

@@ -5,7 +5,8 @@ A ``Param`` is what a sweep YAML's ``search:`` block says about one key
 distribution differently; each translation lives here, once:
 
 - ``tune_space``: Tune's param_space (what the trials are sampled from);
-- ``optuna_distributions``: Optuna's distributions (hyper-parameter importance in the report).
+- ``optuna_distributions``: Optuna's distributions (hyper-parameter importance in the report);
+- ``wandb_parameters``: a W&B Sweep's ``parameters`` (the Sweep that W&B shows the trials in).
 """
 
 from __future__ import annotations
@@ -63,4 +64,23 @@ def optuna_distributions(params: Iterable[Param]) -> dict[str, Any]:
             out[p.key] = IntDistribution(int(p.args[0]), int(p.args[1]))
         else:
             out[p.key] = CategoricalDistribution(list(p.args))
+    return out
+
+
+def wandb_parameters(params: Iterable[Param]) -> dict[str, dict[str, Any]]:
+    """A W&B sweep config's ``parameters`` for ``params`` (W&B's documented distributions)."""
+    out: dict[str, dict[str, Any]] = {}
+    for p in params:
+        if p.kind == "loguniform":
+            out[p.key] = {"distribution": "log_uniform_values", "min": p.args[0], "max": p.args[1]}
+        elif p.kind == "uniform":
+            out[p.key] = {"distribution": "uniform", "min": p.args[0], "max": p.args[1]}
+        elif p.kind == "randint":
+            out[p.key] = {
+                "distribution": "int_uniform",
+                "min": int(p.args[0]),
+                "max": int(p.args[1]),
+            }
+        else:
+            out[p.key] = {"distribution": "categorical", "values": list(p.args)}
     return out

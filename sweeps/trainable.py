@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 # passes it to the trials (workers of an already running Ray would not see the variable).
 FAULT_ENV = "MATRYOSHKA_SWEEP_INJECT_FAULT"
 OBJECTIVE = "objective"
+SELECTION = "selection"
+FINAL = "final_epoch"  # on a trial's last report: it ran to its end, no scheduler stopped it
 
 
 def run_trial(
@@ -42,11 +44,23 @@ def run_trial(
     # the trainer is still writing and deleting its checkpoints there. A sweep keeps the
     # checkpoints Tune persists; the trainer's final save is thrown away with the folder.
     scratch = tempfile.mkdtemp(prefix="trial-")
-    trial_config = config.trial_config(sampled, output_dir=scratch)
+    # No reload of the best epoch at the end: the sweep picks it from Tune's checkpoints.
+    trial_config = config.trial_config(sampled, output_dir=scratch, load_best_model_at_end=False)
     fault_epoch = _injected_fault(fault, sampled)
+    fewest = config.epochs[0] if not config.is_seed(sampled) else 1
 
     def on_epoch(epoch: int, metrics: dict[str, float], checkpoint_dir: str | None) -> None:
-        report = {**metrics, OBJECTIVE: metrics[config.objective], "epoch": epoch}
+        objective = metrics[config.objective]
+        report = {
+            **metrics,
+            OBJECTIVE: objective,  # what ASHA's rungs and Optuna compare, at every epoch
+            # what picks the trial's best epoch (and the checkpoints kept): only the epochs the
+            # sweep may choose count
+            SELECTION: objective if epoch >= fewest else -1.0,
+            "epoch": epoch,
+            "schedule_epochs": trial_config.epochs,  # every sampled trial: the budget
+            FINAL: epoch >= trial_config.epochs,
+        }
         # The trial's one line per epoch (its bars are off: Ray would relay them line by line).
         dims = ", ".join(
             f"{d}: {metrics[f'dim_{d}_cosine_map@100']:.4f}" for d in trial_config.matryoshka_dims

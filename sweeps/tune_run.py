@@ -7,21 +7,28 @@ tune.Checkpoint, tune.get_checkpoint): ``ray.train.report`` inside Tune is an er
 
 from __future__ import annotations
 
+import os
+
+# Ray folds worker lines that differ only in their numbers into one ("[repeated 3x across
+# cluster]"): the trials' one line per epoch each would be folded away. Ray reads this when
+# it is imported, so before any import of it.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+# isort: split
 import contextlib
 import dataclasses
 import json
 import logging
-import os
 import signal
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from ray.air.integrations.wandb import WandbLoggerCallback
-
 from sweeps.config import SweepConfig
-from sweeps.report import Summary, export, wandb_online
+from sweeps.finish import Pick, Verdict, finish
+from sweeps.report import Summary, export, pick, trial_table, wandb_online
+from sweeps.search import make_scheduler, make_searcher
 from sweeps.space import tune_space
-from sweeps.trainable import FAULT_ENV, OBJECTIVE, run_trial
+from sweeps.trainable import FAULT_ENV, OBJECTIVE, SELECTION, run_trial
 from trainers import cli
 from trainers.errors import ConfigError
 
@@ -126,43 +133,11 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-class _WandbCallback(WandbLoggerCallback):
-    def on_experiment_end(self, trials, **info):
-        # Trials that a stop (Ctrl-C, SIGTERM) cut short never got log_trial_end: end their
-        # W&B runs now, or Ray waits its whole upload_timeout (30 min) for them to end.
-        for trial in list(self._trial_queues):
-            self._signal_logging_actor_stop(trial=trial)
-        super().on_experiment_end(trials, **info)
-
-    def __del__(self):
-        # Ray's __del__ calls ray.is_initialized() even at interpreter exit, when module
-        # globals are gone; the actors were already cleaned up in on_experiment_end.
-        try:
-            super().__del__()
-        except (AttributeError, TypeError):
-            pass
-
-
 def configure_wandb_mode(config: SweepConfig) -> None:
     """Offline unless an API key is set. Needed for new sweeps and for restored ones, whose
     pickled callback asks for an API key unless WANDB_MODE says offline."""
     if config.wandb and not wandb_online():
         os.environ.setdefault("WANDB_MODE", "offline")
-
-
-def wandb_callback(config: SweepConfig, out: Path) -> WandbLoggerCallback | None:
-    if not config.wandb:
-        return None
-    (out / "wandb").mkdir(parents=True, exist_ok=True)
-    # An explicit dir: without it Ray copies half-written offline runs around.
-    return _WandbCallback(
-        project=config.wandb_project,
-        group=config.name,
-        job_type="trial",
-        log_config=True,
-        dir=str(out / "wandb"),
-        mode="online" if wandb_online() else "offline",
-    )
 
 
 def build_trainable(config: SweepConfig, baseline: dict[str, float]):
@@ -175,11 +150,6 @@ def build_trainable(config: SweepConfig, baseline: dict[str, float]):
     return tune.with_resources(
         trainable, {"cpu": config.cpus_per_trial, "gpu": config.gpus_per_trial}
     )
-
-
-def max_epochs(config: SweepConfig) -> int:
-    searched = [p for p in config.search if p.key == "epochs"]
-    return int(max(searched[0].args)) if searched else config.train.epochs
 
 
 # Tune warns whenever several trials report within 5 s of each other (small models do): the
@@ -201,7 +171,16 @@ def run_sweep(
         with graceful_stop() as stopped_by:
             baseline = baseline_metrics(config, out, baseline)
             trainable = build_trainable(config, baseline)
-            tuner = restored_tuner(path, trainable) if resume else new_tuner(config, trainable)
+            if resume:
+                tuner = restored_tuner(path, trainable)
+            else:
+                callbacks = []
+                if config.wandb:
+                    from sweeps import wandb_sweep  # imports wandb: only when it logs
+
+                    sweep_id = wandb_sweep.start(config, out)
+                    callbacks.append(wandb_sweep.callback(config, out, sweep_id))
+                tuner = new_tuner(config, trainable, callbacks)
             results = tuner.fit()
         if stopped_by:
             name = signal.Signals(stopped_by[0]).name
@@ -213,7 +192,22 @@ def run_sweep(
                 out=out,
                 stopped_by=stopped_by[0],
             )
-        summary = export(config, results, baseline, out)
+        rows = trial_table(config, results)
+        scored = [r for r in rows if r[OBJECTIVE] is not None and r["chosen_epochs"]]
+        best_row = max(scored, key=lambda r: r[OBJECTIVE]) if scored else None
+        best = pick(best_row) if best_row is not None else None
+        verdict = None
+        if best is not None:
+            seed_row = next((r for r in rows if r["seed_recipe"]), None)
+            seed = pick(seed_row) if seed_row is not None else None
+            with cli.terminate_as_interrupt():
+                verdict = run_finish(config, best, seed, baseline, f"{path}/best")
+            if "://" in str(path):
+                fetch(f"{path}/best", out / "best")
+        wandb_line = None
+        if config.wandb:
+            wandb_line = log_to_wandb(config, out, best_row, verdict)
+        summary = export(config, rows, best_row, verdict, out, wandb_line)
     finally:
         if private_ray:
             stop_ray()
@@ -223,6 +217,53 @@ def run_sweep(
             summary, text=f"{summary.text}\nin storage: {path}/best (and the report)"
         )
     return summary
+
+
+def run_finish(
+    config: SweepConfig, best: Pick, seed: Pick | None, baseline: dict, destination: str
+) -> Verdict:
+    """sweeps.finish.finish as a Ray task on a trial's resources: a GPU worker on a cluster;
+    on a machine without GPUs, every CPU the sweep used (the trials are done)."""
+    import ray
+
+    if config.gpus_per_trial > 0:
+        resources = {"num_cpus": config.cpus_per_trial, "num_gpus": config.gpus_per_trial}
+    else:
+        cpus = config.cpus_per_trial * config.max_concurrent_trials
+        resources = {"num_cpus": min(cpus, ray.cluster_resources().get("CPU", cpus))}
+    logger.info(
+        "after the search: refit, test split%s (%s)",
+        ", guard set and mixing" if config.guard else "",
+        resources,
+    )
+    task = ray.remote(**resources)(finish)
+    return ray.get(task.remote(config, best, seed, baseline, destination))
+
+
+def fetch(uri: str, local: Path) -> None:
+    """Copy the folder at ``uri`` (shared storage) to ``local``."""
+    import shutil
+
+    import pyarrow.fs
+
+    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
+    shutil.rmtree(local, ignore_errors=True)
+    pyarrow.fs.copy_files(
+        root, str(local), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
+    )
+
+
+def log_to_wandb(
+    config: SweepConfig, out: Path, best_row: dict | None, verdict: Verdict | None
+) -> str:
+    """The refit's W&B run, the tags, the W&B Sweep's final state: the console's W&B line."""
+    from sweeps import wandb_sweep
+
+    sweep_id = wandb_sweep.sweep_id_of(out)
+    tags = {best_row["trial"]: "best"} if best_row is not None else {}
+    if verdict is not None and verdict.refit_epochs:
+        tags[wandb_sweep.log_refit(config, verdict, out, sweep_id)] = "refit"
+    return wandb_sweep.finish(config, out, sweep_id, tags)
 
 
 def restored_tuner(path: Path | str, trainable):
@@ -238,27 +279,14 @@ def restored_tuner(path: Path | str, trainable):
     )
 
 
-def new_tuner(config: SweepConfig, trainable):
+def new_tuner(config: SweepConfig, trainable, callbacks: list):
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     out, path = local_dir(config), sweep_dir(config)
     if "://" not in str(path) and tune.Tuner.can_restore(str(path)):
         raise ConfigError(f"{path} already holds a sweep: pass --resume, or a new --name")
-    searcher = OptunaSearch(
-        metric=OBJECTIVE,
-        mode="max",
-        seed=config.seed,
-        points_to_evaluate=[dict(p) for p in config.first_points] or None,
-    )
-    scheduler = ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=max_epochs(config),
-        grace_period=config.grace_period,
-        reduction_factor=config.reduction_factor,
-    )
-    callbacks = [cb for cb in (wandb_callback(config, out),) if cb is not None]
+    searcher = make_searcher(config, OBJECTIVE)
+    scheduler = make_scheduler(config)
     tuner = tune.Tuner(
         trainable,
         param_space=tune_space(config.search),
@@ -280,7 +308,8 @@ def new_tuner(config: SweepConfig, trainable):
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=config.checkpoints_to_keep,
-                checkpoint_score_attribute=OBJECTIVE,
+                # the chosen epoch's checkpoint must survive: score by what chooses it
+                checkpoint_score_attribute=SELECTION,
                 checkpoint_score_order="max",
             ),
             failure_config=tune.FailureConfig(max_failures=config.max_failures),

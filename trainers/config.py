@@ -147,6 +147,15 @@ class TrainConfig(Config):
         description="evaluate at most this many validation queries (the corpus keeps every "
         "validation passage); null = all",
     )
+    test_size: float = Field(
+        0,
+        ge=0,
+        description="test pairs, held out from training and validation for a final verdict that "
+        "picks nothing: a fraction or a count; 0 = no test split",
+    )
+    test_max_queries: PositiveInt | None = Field(
+        None, description="evaluate at most this many test queries (against every test passage)"
+    )
 
     # --- Matryoshka loss ---------------------------------------------------------------
     matryoshka_dims: tuple[PositiveInt, ...] = Field(
@@ -235,10 +244,10 @@ class TrainConfig(Config):
                 raise ValueError(
                     f"matryoshka_weights={list(weights)}: weights must be >= 0 and not all zero"
                 )
-        if self.eval_size >= 1 and self.eval_size != int(self.eval_size):
-            raise ValueError(
-                f"eval_size={self.eval_size}: give a fraction in (0, 1) or a whole count >= 1"
-            )
+        for key in ("eval_size", "test_size"):
+            size = getattr(self, key)
+            if size >= 1 and size != int(size):
+                raise ValueError(f"{key}={size}: give a fraction in (0, 1) or a whole count >= 1")
         if self.query_column == self.passage_column:
             raise ValueError(
                 f"query_column and passage_column are both {self.query_column!r}: they must differ"

@@ -13,7 +13,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from trainers.config import TrainConfig
 from trainers.errors import DataError
@@ -34,23 +34,44 @@ class Pair:
 
 @dataclass(frozen=True)
 class Split:
+    """Train, validation (the best epoch and trial are picked on it) and test (the final
+    verdict, never used to pick anything; empty unless test_size is set): no group (package,
+    document) on two sides."""
+
     train: list[Pair]
+    validation: list[Pair]
     test: list[Pair]
     dropped: dict[str, int]
 
 
-def read_rows(config: TrainConfig) -> tuple[list[dict[str, Any]], str | None]:
+class PairsSource(Protocol):
+    """What names a set of (query, passage) pairs: a TrainConfig, or a sweep's guard set."""
+
+    data: str
+    data_split: str
+    query_column: str
+    passage_column: str
+    group_column: str | None
+
+
+# The built-in sets: name -> (module that builds them, their group column). Both are built with
+# apt from Debian's archive, once, and cached (see the modules).
+BUILT_IN = {"debian": ("trainers.debian", "source"), "wordnet": ("trainers.wordnet", "synset")}
+
+
+def read_rows(config: PairsSource) -> tuple[list[dict[str, Any]], str | None]:
     """Raw rows from the configured source, and the group column to use (or None)."""
     source = config.data
-    if source == "debian":
-        from trainers import debian
+    if source in BUILT_IN:
+        import importlib
 
+        module, group = BUILT_IN[source]
         if (config.query_column, config.passage_column) != ("anchor", "positive"):
             raise DataError(
-                "the 'debian' data set has the columns anchor (short description) and positive "
-                "(long description): leave query_column/passage_column at their defaults"
+                f"the '{source}' data set has the columns anchor (the query) and positive (the "
+                "passage): leave query_column/passage_column at their defaults"
             )
-        return debian.load_pairs(), config.group_column or "source"
+        return importlib.import_module(module).load_pairs(), config.group_column or group
 
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
@@ -74,8 +95,8 @@ def read_rows(config: TrainConfig) -> tuple[list[dict[str, Any]], str | None]:
         dataset = load_dataset(source, split=config.data_split)
     else:
         raise DataError(
-            f"data={source!r}: not 'debian', not an existing .jsonl/.csv/.parquet file, and not "
-            "a hub id of the form owner/name"
+            f"data={source!r}: not 'debian' or 'wordnet', not an existing .jsonl/.csv/.parquet "
+            "file, and not a hub id of the form owner/name"
         )
     columns = list(dataset.column_names)
     wanted = [config.query_column, config.passage_column] + (
@@ -128,26 +149,35 @@ def clean_pairs(
     return pairs, dropped
 
 
-def split_pairs(pairs: list[Pair], eval_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
-    """Seeded split by group: every pair of a group lands on the same side."""
+def split_groups(pairs: list[Pair], sizes: list[float], seed: int) -> list[list[Pair]]:
+    """Seeded split by group: held-out parts of the given sizes (a fraction or a count each,
+    0 = empty), taken in turn from a seeded order of the groups, then the rest. Every pair of
+    a group lands in one part."""
     groups: dict[str, list[Pair]] = {}
     for pair in pairs:
         groups.setdefault(pair.group, []).append(pair)
     order = sorted(groups)
     random.Random(seed).shuffle(order)
-    target = round(eval_size * len(pairs)) if eval_size < 1 else int(eval_size)
-    test: list[Pair] = []
-    test_groups = set()
-    for group in order:
-        if len(test) >= target:
-            break
-        test.extend(groups[group])
-        test_groups.add(group)
-    train = [p for g in order if g not in test_groups for p in groups[g]]
-    return train, test
+    parts: list[list[Pair]] = []
+    position = 0
+    for size in sizes:
+        target = round(size * len(pairs)) if size < 1 else int(size)
+        part: list[Pair] = []
+        while len(part) < target and position < len(order):
+            part.extend(groups[order[position]])
+            position += 1
+        parts.append(part)
+    parts.append([p for g in order[position:] for p in groups[g]])
+    return parts
 
 
-def load_pairs(config: TrainConfig) -> tuple[list[Pair], dict[str, int]]:
+def split_pairs(pairs: list[Pair], eval_size: float, seed: int) -> tuple[list[Pair], list[Pair]]:
+    """Seeded split by group into (train, held out): every pair of a group on one side."""
+    held_out, train = split_groups(pairs, [eval_size], seed)
+    return train, held_out
+
+
+def load_pairs(config: PairsSource) -> tuple[list[Pair], dict[str, int]]:
     """Every usable pair of the configured source (cleaned, with its group), and the drop counts."""
     rows, group_column = read_rows(config)
     return clean_pairs(rows, config.query_column, config.passage_column, group_column)
@@ -162,20 +192,30 @@ def load_split(config: TrainConfig) -> Split:
             f"{config.data} has {len(pairs)} usable pairs after dropping {dropped}: at least "
             f"{needed} are needed"
         )
-    if config.eval_size >= 1 and config.eval_size >= len(pairs):
+    held_out = sum(s if s >= 1 else s * len(pairs) for s in (config.eval_size, config.test_size))
+    if held_out >= len(pairs):
         raise DataError(
-            f"eval_size={int(config.eval_size)} leaves no training pairs of {len(pairs)}"
+            f"eval_size={config.eval_size:g} and test_size={config.test_size:g} leave no training "
+            f"pairs of {len(pairs)}"
         )
-    train, test = split_pairs(pairs, config.eval_size, config.seed)
+    validation, test, train = split_groups(pairs, [config.eval_size, config.test_size], config.seed)
     if config.max_pairs is not None and len(train) > config.max_pairs:
         train = random.Random(config.seed).sample(train, config.max_pairs)
-    if len(train) < MIN_TRAIN_PAIRS or len(test) < MIN_EVAL_PAIRS:
+    if len(train) < MIN_TRAIN_PAIRS or len(validation) < MIN_EVAL_PAIRS:
         raise DataError(
-            f"split gave {len(train)} train and {len(test)} held-out pairs: need at least "
+            f"split gave {len(train)} train and {len(validation)} validation pairs: need at least "
             f"{MIN_TRAIN_PAIRS} and {MIN_EVAL_PAIRS}; change eval_size or bring more data"
         )
-    logger.info("data: %d train pairs, %d held-out pairs (%s)", len(train), len(test), config.data)
-    return Split(train=train, test=test, dropped=dropped)
+    if config.test_size and len(test) < MIN_EVAL_PAIRS:
+        raise DataError(f"test_size={config.test_size:g} gave {len(test)} test pairs: need >= 4")
+    logger.info(
+        "data: %d train, %d validation, %d test pairs (%s)",
+        len(train),
+        len(validation),
+        len(test),
+        config.data,
+    )
+    return Split(train=train, validation=validation, test=test, dropped=dropped)
 
 
 def ir_task(

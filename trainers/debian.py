@@ -53,18 +53,29 @@ def cache_path() -> Path:
 def load_pairs(rebuild: bool = False) -> list[dict[str, str]]:
     """The cleaned pairs, from the cache when its checksum holds, else built with apt."""
     path = cache_path()
-    checksum_file = path.with_suffix(".jsonl.sha256")
-    if not rebuild and path.is_file() and checksum_file.is_file():
-        data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() == checksum_file.read_text().strip():
-            return [json.loads(line) for line in data.decode().splitlines()]
-        logger.warning("%s does not match its checksum: rebuilding it", path)
+    cached = None if rebuild else read_cache(path)
+    if cached is not None:
+        return cached
     pairs = build_pairs()
-    _write_cache(path, checksum_file, pairs)
+    write_cache(path, pairs)
     return pairs
 
 
-def _write_cache(path: Path, checksum_file: Path, pairs: list[dict[str, str]]) -> None:
+def read_cache(path: Path) -> list[dict[str, str]] | None:
+    """The pairs ``write_cache`` wrote to ``path``, or None if absent or not matching its sha256."""
+    checksum_file = path.with_suffix(path.suffix + ".sha256")
+    if not path.is_file() or not checksum_file.is_file():
+        return None
+    data = path.read_bytes()
+    if hashlib.sha256(data).hexdigest() != checksum_file.read_text().strip():
+        logger.warning("%s does not match its checksum: rebuilding it", path)
+        return None
+    return [json.loads(line) for line in data.decode().splitlines()]
+
+
+def write_cache(path: Path, pairs: list[dict[str, str]]) -> None:
+    """Write ``pairs`` as JSONL with a sha256 beside it, atomically (write, then rename)."""
+    checksum_file = path.with_suffix(path.suffix + ".sha256")
     path.parent.mkdir(parents=True, exist_ok=True)
     data = "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs).encode()
     # Write-then-rename, so concurrent trials building the cache never read half a file.
@@ -76,41 +87,39 @@ def _write_cache(path: Path, checksum_file: Path, pairs: list[dict[str, str]]) -
         with os.fdopen(fd, "wb") as f:
             f.write(content)
         os.replace(tmp, target)
-    logger.info("cached %d Debian pairs in %s", len(pairs), path)
+    logger.info("cached %d pairs in %s", len(pairs), path)
+
+
+def apt_lists(folder: str) -> str:
+    """Fetch Debian's package lists (with the English descriptions) into ``folder``/lists with
+    apt's own client, as any user may (no lock, no system state touched); the lists' path."""
+    if shutil.which("apt-get") is None or not os.path.exists(APT_HELPER):
+        raise DebianDataError(
+            "the built-in 'debian' and 'wordnet' data sets need apt (Debian/Ubuntu), which is not "
+            "on this machine: pass your own pairs instead, e.g. --data pairs.jsonl "
+            "--query_column anchor --passage_column positive"
+        )
+    lists = os.path.join(folder, "lists")
+    os.makedirs(os.path.join(lists, "partial"))
+    cmd = ["apt-get", "update", "-q", "-o", "Acquire::Languages=en"]
+    cmd += ["-o", f"Dir::State::Lists={lists}", "-o", "APT::Get::List-Cleanup=0"]
+    cmd += ["-o", "Debug::NoLocking=1"]
+    logger.info("fetching Debian's package lists: %s", " ".join(cmd))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode != 0 or not glob.glob(os.path.join(lists, "*_main_i18n_Translation-en*")):
+        raise DebianDataError(
+            f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}; "
+            "the built-in data sets need apt's package lists: pass your own pairs instead "
+            "with --data pairs.jsonl"
+        )
+    return lists
 
 
 def build_pairs() -> list[dict[str, str]]:
     """Download the package lists with apt and turn them into cleaned pairs."""
-    if shutil.which("apt-get") is None or not os.path.exists(APT_HELPER):
-        raise DebianDataError(
-            "the built-in 'debian' data set needs apt (Debian/Ubuntu), which is not on this "
-            "machine: pass your own pairs instead, e.g. --data pairs.jsonl "
-            "--query_column anchor --passage_column positive"
-        )
-    with tempfile.TemporaryDirectory(prefix="debian-lists-") as lists:
-        os.makedirs(os.path.join(lists, "partial"))
-        cmd = [
-            "apt-get",
-            "update",
-            "-q",
-            "-o",
-            "Acquire::Languages=en",
-            "-o",
-            f"Dir::State::Lists={lists}",
-            "-o",
-            "APT::Get::List-Cleanup=0",
-            "-o",
-            "Debug::NoLocking=1",
-        ]
-        logger.info("fetching Debian package descriptions: %s", " ".join(cmd))
-        done = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory(prefix="debian-lists-") as tmp:
+        lists = apt_lists(tmp)
         translations = sorted(glob.glob(os.path.join(lists, "*_main_i18n_Translation-en*")))
-        if done.returncode != 0 or not translations:
-            raise DebianDataError(
-                f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr.strip()[-500:]}\n"
-                "The built-in data set needs apt's package lists; pass your own pairs instead "
-                "with --data pairs.jsonl"
-            )
         descriptions: dict[str, tuple[str, str]] = {}
         for file in translations:
             for package, short, long in parse_translations(_cat(file)):

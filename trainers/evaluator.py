@@ -88,7 +88,24 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
             prompt_name=self.corpus_prompt_name,
             prompt=self.corpus_prompt,
         )
+        return self.prefix_name_to_metrics(
+            self._score(model, queries, corpus, epoch, steps, card=True), self.name
+        )
 
+    def score_embeddings(self, model: SentenceTransformer, queries, corpus) -> dict[str, float]:
+        """The metrics of embeddings made elsewhere (another backend of ``model``): one row
+        per query and per corpus text, in this evaluator's order, at full dim."""
+        import torch
+
+        def tensor(x):
+            return torch.as_tensor(x) if not isinstance(x, torch.Tensor) else x
+
+        if self._score_functions_from_model:
+            self.score_functions = self._model_score_functions(model)
+            self.score_function_names = sorted(self.score_functions)
+        return self._score(model, tensor(queries), tensor(corpus), card=False)
+
+    def _score(self, model, queries, corpus, epoch=-1, steps=-1, card=True) -> dict[str, float]:
         metrics: dict[str, float] = {}
         try:
             for dim, view in zip(self.matryoshka_dims, self.dim_views, strict=True):
@@ -101,7 +118,8 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
                     for name, by_k in by_name.items()
                     for k, value in by_k.items()
                 }
-                view.store_metrics_in_model_card_data(model, dim_metrics, epoch, steps)
+                if card:
+                    view.store_metrics_in_model_card_data(model, dim_metrics, epoch, steps)
                 metrics.update(dim_metrics)
         finally:
             self._query_embeddings = None
@@ -121,7 +139,7 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
                 f"{', '.join(k for k in metrics if k.startswith('mean_'))}"
             )
         self.primary_metric = self.primary
-        return self.prefix_name_to_metrics(metrics, self.name)
+        return metrics
 
     def embed_inputs(
         self, model, sentences, encode_fn_name=None, prompt_name=None, prompt=None, **kwargs

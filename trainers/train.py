@@ -28,9 +28,11 @@ from transformers.trainer_callback import PrinterCallback
 
 from trainers import cli
 from trainers import config as config_lib
+from trainers import evaluate as evaluation
 from trainers.config import TrainConfig
-from trainers.data import ir_task, load_split
+from trainers.data import load_split
 from trainers.errors import ConfigError
+from trainers.evaluate import validation_task
 from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
 from trainers.models import check_dims, embedding_dim, load_model, write_matryoshka_info
 
@@ -139,17 +141,7 @@ def prepare(config: TrainConfig, progress: bool = True):
         # Saved with the model: encode_query() and the server apply it like training did.
         model.prompts["query"] = config.query_prompt
     split = load_split(config)
-    queries, corpus, relevant = ir_task(split.test, config.eval_max_queries, config.seed)
-    evaluator = MatryoshkaInformationRetrievalEvaluator(
-        queries,
-        corpus,
-        relevant,
-        matryoshka_dims=config.matryoshka_dims,
-        primary=config.objective,
-        batch_size=config.eval_batch_size,
-        show_progress_bar=progress,
-    )
-    return model, split, evaluator
+    return model, split, evaluation.evaluator(validation_task(config, split), config, progress)
 
 
 def evaluate_baseline(config: TrainConfig, progress: bool = True) -> dict[str, float]:
@@ -218,11 +210,13 @@ class EpochReporter(TrainerCallback):
 
     def _report(self, checkpoint: str | None) -> None:
         if self.on_epoch is not None and self.pending is not None:
+            epoch = self.result.epochs[-1]["epoch"]
             timing = {
                 "first_step_unix": self.result.first_step_unix,
                 "train_seconds": self.result.train_seconds,
+                "train_pairs_seen": self.result.train_pairs * epoch,
             }
-            self.on_epoch(self.result.epochs[-1]["epoch"], {**self.pending, **timing}, checkpoint)
+            self.on_epoch(epoch, {**self.pending, **timing}, checkpoint)
         self.pending = None
 
 

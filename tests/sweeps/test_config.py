@@ -38,7 +38,9 @@ def test_every_shipped_config_validates_and_its_dims_fit_the_model(path):
     if config.seed_recipe:
         seed = config.first_points[0]
         assert seed.get("learning_rate") == 2e-5 and seed.get("batch_size") == 32
-        assert all(v == 1.0 for k, v in seed.items() if k.startswith("weight_"))
+        weights = config.trial_config(seed).weights
+        assert all(w == pytest.approx(1.0) for w in weights)  # every dim alike
+        assert config.trial_config(seed).epochs == 4 == config.seed_epochs
 
 
 def test_the_qa_config_is_a_single_dim_mnrl_run():
@@ -189,3 +191,27 @@ def test_a_model_or_data_error_exits_2_with_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and needle in err, err
         assert err.startswith("error: ") and err.count("\n") == 1, err
+
+
+def test_a_weight_profile_ties_the_weights_to_one_number():
+    dims = (384, 256, 128, 64)
+    assert sweep_config.profile_weights(dims, 0.0) == (1.0, 1.0, 1.0, 1.0)
+    up = sweep_config.profile_weights(dims, 1.0)
+    assert up[0] < up[1] < up[2] < up[3] and sum(up) / 4 == pytest.approx(1.0)
+    down = sweep_config.profile_weights(dims, -1.0)
+    assert down[0] > down[-1]
+
+
+def test_epochs_are_the_budget_not_a_sampled_key():
+    config = sweep_config.parse(
+        {
+            "train": {"matryoshka_dims": [384, 64]},
+            "search": {"epochs": {"randint": [2, 5]}, "batch_size": {"choice": [16, 32]}},
+        }
+    )
+    assert [p.key for p in config.search] == ["batch_size"]
+    assert config.epochs == (2, 5) and config.max_epochs == 5 and config.seed_epochs == 4
+    assert config.trial_config({"batch_size": 16}).epochs == 5  # a sampled trial: the budget
+    assert config.trial_config(config.first_points[0]).epochs == 4  # the seed recipe: its own
+    with pytest.raises(ConfigError, match="seed_recipe: epochs=4 is outside"):
+        sweep_config.parse({"search": {"epochs": {"randint": [1, 3]}}})

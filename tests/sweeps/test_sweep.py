@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import sweeps
 from sweeps.trainable import FAULT_ENV
@@ -35,17 +36,30 @@ def sweep_env() -> dict[str, str]:
     return {**env, "PYTHONUNBUFFERED": "1"}
 
 
+SECRET = "test-key-that-must-not-leak-8f3a"
+# Simulated: the id that wandb.sweep() would return online (it needs a W&B server; the tests
+# have no network). The runs join it exactly as they join a Sweep created online.
+SIMULATED_SWEEP_ID = "simulated-sweep-7q2x"
+
+
 @pytest.fixture(scope="module")
 def smoke_sweep(tmp_path_factory):
-    """One smoke sweep (3 trials, tiny model) whose first-point trial fails after epoch 1,
-    run the way a user runs it: ``python sweeps/run.py --smoke-test``, its output kept."""
+    """One smoke sweep (4 trials with the seed recipe, tiny model, refit, guard set) whose
+    first point's trial fails after epoch 1, run the way a user runs it:
+    ``python sweeps/run.py --smoke-test``, its output kept. W&B writes offline files with an
+    API key in the environment (which must land nowhere) and a sweep id to join."""
     storage = tmp_path_factory.mktemp("runs")
     done = subprocess.run(
         [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "smoke"]
-        + ["--storage_path", str(storage)],
+        + ["--storage_path", str(storage), "--wandb_sweep_id", SIMULATED_SWEEP_ID],
         cwd=REPO,
-        # The smoke sweep's first point fails after its first epoch.
-        env={**sweep_env(), FAULT_ENV: "learning_rate=0.001:1"},
+        # The smoke sweep's first point (after the seed recipe) fails after its first epoch.
+        env={
+            **sweep_env(),
+            FAULT_ENV: "learning_rate=0.001:1",
+            "WANDB_API_KEY": SECRET,
+            "WANDB_MODE": "offline",
+        },
         capture_output=True,
         text=True,
         timeout=600,
@@ -67,14 +81,15 @@ def test_the_sweep_prints_no_progress_bars(smoke_sweep):
 
 def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     code, out, output = smoke_sweep
-    assert code == 0
+    assert code == 0, output[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
-    assert len(rows) == 3
+    assert [r["trial"] for r in rows].count("refit") == 1 and len(rows) == 5
     for row in rows:
         for dim in (384, 128, 64):
             assert f"dim_{dim}_map@100" in row
     report = (out / "report.md").read_text()
-    assert "## Best trial" in report and "## Trials" in report and "| 64 |" in report
+    for section in ("## Held-out test split", "## Guard set", "## Trials", "Chosen factor"):
+        assert section in report
     assert (out / "map_vs_dim.png").stat().st_size > 1000
     # The exported model is a plain sentence-transformers folder with its training state removed.
     from sentence_transformers import SentenceTransformer
@@ -87,30 +102,81 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     metrics = json.loads((best / "metrics.json").read_text())
     assert metrics["final"]["dim_64_cosine_map@100"] > 0
+    assert set(metrics["test"]) >= {"base", "seed recipe", "best trial", "refit"}
+    assert json.loads((best / "matryoshka.json").read_text())["dims"] == [384, 128, 64]
+    assert "held-out test split" in (best / "README.md").read_text()
+
+
+def test_epochs_are_the_budget_so_rungs_compare_the_same_schedule(smoke_sweep):
+    """Every sampled trial's learning-rate schedule spans the same epochs (the budget), so
+    ASHA's rungs compare trials at the same phase; the seed recipe runs its own 4 epochs to the
+    end; what ASHA stopped reaches the sampler as PRUNED, not as a finished run."""
+    _, out, _ = smoke_sweep
+    trials = sweeps.trial_results(out)
+    seed = [t for t in trials if t.config["learning_rate"] == 2e-5]
+    assert len(seed) == 1 and [r["epoch"] for r in seed[0].reports] == [1, 2, 3, 4]
+    for trial in trials:
+        assert {r["schedule_epochs"] for r in trial.reports} == {4}, trial.trial_id
+    rows = {r["trial"]: r for r in csv.DictReader((out / "results.csv").open())}
+    assert rows[seed[0].trial_id]["status"] == "completed 4/4 epochs"
+    history = sweeps.search_history(out)
+    stopped = [t.trial_id for t in trials if not t.reports[-1].get("final_epoch")]
+    pruned = [t for t in history.trials if t["state"] == "PRUNED"]
+    failed = [r for r in rows.values() if r["status"] == "failed"]
+    assert len(pruned) == len(stopped) - len(failed)  # the failed trial is told FAIL
+    scored = [r for k, r in rows.items() if k != "refit" and r["objective"]]
+    chosen = max(scored, key=lambda r: float(r["objective"]))
+    assert f"**{chosen['chosen_epochs']} epochs**" in (out / "report.md").read_text()
+
+
+def test_the_report_names_the_sampler_that_ran(smoke_sweep):
+    _, out, _ = smoke_sweep
+    ran = sweeps.search_history(out).sampler  # from Optuna's own saved study
+    names = {"QMCSampler": "qmc", "GPSampler": "gp", "TPESampler": "tpe", "RandomSampler": "random"}
+    assert f"**Sampler: {names[ran]}**" in (out / "report.md").read_text()
 
 
 def test_a_failing_trial_is_recorded_and_the_sweep_goes_on(smoke_sweep):
     _, out, _ = smoke_sweep
-    rows = list(csv.DictReader((out / "results.csv").open()))
+    rows = [r for r in csv.DictReader((out / "results.csv").open()) if r["trial"] != "refit"]
     failed = [r for r in rows if r["status"] == "failed"]
     assert len(failed) == 1 and "injected fault" in failed[0]["error"]
-    assert sum(r["status"] != "failed" for r in rows) == 2
+    assert sum(r["status"] != "failed" for r in rows) == 3
     assert "## Failed trials" in (out / "report.md").read_text()
 
 
-def test_every_trial_logs_every_dim_to_wandb_offline(smoke_sweep):
+def test_every_trial_and_the_refit_log_to_wandb_offline_in_the_sweep(smoke_sweep):
     _, out, _ = smoke_sweep
     run_files = sorted((out / "wandb").rglob("offline-run-*/run-*.wandb"))
-    assert len(run_files) == 3, "one W&B run per trial"
+    assert len(run_files) == 5, "one W&B run per trial, and one for the refit"
+    kinds = []
     for run_file in run_files:
         info = wandb_records.run_info(run_file)
-        assert (info.run_group, info.job_type) == ("smoke", "trial")
+        assert info.run_group == "smoke" and info.sweep_id == SIMULATED_SWEEP_ID
+        kinds.append((info.job_type, tuple(info.tags)))
         history = wandb_records.history(run_file)
         assert history, f"{run_file} has no history"
         keys = set().union(*history)
         for dim in (384, 128, 64):
-            assert f"dim_{dim}_cosine_map@100" in keys
-        assert "objective" in keys
+            assert {f"dim_{dim}_cosine_map@100", f"dim_{dim}_cosine_ndcg@10"} <= keys
+        assert "objective" in keys and "epoch" in keys
+        if info.job_type == "trial":
+            assert {"train_pairs_seen", "train_seconds"} <= keys
+            summary = wandb_records.summary(run_file)
+            assert {f"dim_{d}_cosine_map@100" for d in (384, 128, 64)} <= set(summary)
+    assert kinds.count(("refit", ("refit",))) == 1
+    assert kinds.count(("trial", ("trial", "seed-recipe"))) == 1
+    manifest = json.loads((out / "wandb" / "publish.json").read_text())
+    assert sorted(manifest["tags"].values()) == ["best", "refit"]
+    spec = yaml.safe_load((out / "wandb" / "sweep.yaml").read_text())
+    assert spec["name"] == "smoke" and spec["metric"] == {"name": "objective", "goal": "maximize"}
+
+
+def test_no_api_key_lands_in_the_run_folder(smoke_sweep):
+    _, out, output = smoke_sweep
+    assert SECRET not in output
+    leaks = [p for p in out.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
+    assert not leaks, leaks
 
 
 @pytest.mark.parametrize(

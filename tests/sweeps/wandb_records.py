@@ -71,3 +71,19 @@ def run_info(path: Path):
         if record.WhichOneof("record_type") == "run":
             return record.run
     return None
+
+
+def summary(path: Path) -> dict:
+    """The run's final summary (its last summary record), as {key: value}."""
+    from wandb.proto import wandb_internal_pb2
+
+    last = {}
+    for raw in records(path):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "summary":
+            last = {
+                item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                for item in record.summary.update
+            }
+    return last

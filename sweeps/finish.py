@@ -1,0 +1,237 @@
+"""After the search: the refit, the guard set and weight mixing, and the held-out verdict.
+
+One Ray task (on the resources of a trial: a GPU worker on a cluster, every core on one
+machine) that:
+
+1. retrains the best configuration once on a larger budget (``refit:``), for the number of
+   epochs the best trial chose;
+2. scores base model, seed recipe, best trial and refit on the **test** split, which no
+   selection has seen (trials and epochs were picked on the validation split);
+3. keeps the refit only if it beats the best trial there;
+4. with a ``guard:`` set, scores them all on it too and mixes the kept model with the base in
+   weight space (WiSE-FT), choosing the factor on validation subject to the guard set staying
+   within ``tolerance`` of the base at every dim; the mix is scored on the test split;
+5. saves the exported model to <storage>/<name>/best.
+
+Everything it measures comes back as a ``Verdict`` for the report.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps.config import SweepConfig
+from trainers.models import write_matryoshka_info
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Pick:
+    """A trial's model as the sweep chose it: its sampled values, epoch and checkpoint."""
+
+    trial: str
+    sampled: dict[str, Any]
+    epoch: int
+    checkpoint: Any  # a tune.Checkpoint (any storage the task's node can read)
+
+
+@dataclass
+class Verdict:
+    """What the finish task measured. ``test`` and ``guard``: model label -> metrics."""
+
+    test: dict[str, dict[str, float]] = field(default_factory=dict)
+    guard: dict[str, dict[str, float]] = field(default_factory=dict)
+    mixes: list[dict[str, Any]] = field(default_factory=list)  # one per factor tried
+    mix: float = 1.0  # the chosen factor (1: the kept model unmixed)
+    mix_rule: str = ""
+    kept: str = ""  # "refit" or "best trial"
+    exported: str = ""  # the label of the exported model's row
+    refit_epochs: list[dict[str, float]] = field(default_factory=list)  # validation per epoch
+    refit_config: dict[str, Any] = field(default_factory=dict)
+    refit_pairs: int = 0
+    test_task: str = ""
+    guard_task: str = ""
+    backends: dict[str, Any] = field(default_factory=dict)  # the ONNX gate's record
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def finish(
+    config: SweepConfig,
+    best: Pick,
+    seed: Pick | None,
+    baseline: dict[str, float],
+    destination: str,
+) -> Verdict:
+    """The steps above; the exported model goes to ``destination`` (a path or a URI)."""
+    from trainers.evaluate import evaluate, pairs_task, test_task, validation_task
+    from trainers.models import load_model
+    from trainers.train import train
+
+    verdict = Verdict()
+    clock = time.perf_counter()
+    work = tempfile.mkdtemp(prefix="finish-")
+    try:
+        base_config = config.train
+        split = _split(base_config)
+        if split.test:
+            test = test_task(base_config, split)
+            verdict.test_task = test.describe()
+        else:
+            test = validation_task(base_config, split)
+            verdict.test_task = (
+                f"{test.describe()} of the validation split (no test split: set test_size for "
+                "a held-out verdict)"
+            )
+        base = load_model(base_config.model, base_config.max_seq_length)
+
+        models = {"base": base}
+        if seed is not None:
+            models["seed recipe"] = _load(seed, work)
+        models["best trial"] = _load(best, work)
+        if config.refit is not None:
+            refit_config = config.trial_config(
+                best.sampled,
+                epochs=best.epoch,
+                max_pairs=config.refit.max_pairs,
+                output_dir=os.path.join(work, "refit"),
+                load_best_model_at_end=False,
+            )
+            verdict.refit_config = refit_config.to_dict()
+            started = time.perf_counter()
+            result = train(
+                refit_config,
+                lambda epoch, metrics, _: None,
+                baseline=baseline,
+                progress=False,
+            )
+            verdict.seconds["refit"] = time.perf_counter() - started
+            verdict.refit_epochs = result.epochs
+            verdict.refit_pairs = result.train_pairs
+            models["refit"] = load_model(refit_config.output_dir)
+        started = time.perf_counter()
+        for label, model in models.items():
+            verdict.test[label] = evaluate(model, test, base_config)
+        verdict.seconds["test evaluation"] = time.perf_counter() - started
+
+        objective = config.objective
+        kept = "best trial"
+        if "refit" in models and verdict.test["refit"][objective] > verdict.test[kept][objective]:
+            kept = "refit"
+        verdict.kept = verdict.exported = kept
+        exported = models[kept]
+
+        if config.guard is not None:
+            started = time.perf_counter()
+            guard = config.guard
+            task = pairs_task(guard, guard.max_pairs, guard.max_queries, base_config.seed)
+            verdict.guard_task = f"{guard.data}: {task.describe()}"
+            for label, model in models.items():
+                verdict.guard[label] = evaluate(model, task, base_config)
+            exported = _mix(
+                verdict, config, base, models[kept], task, validation_task(base_config, split)
+            )
+            if verdict.mix < 1:
+                verdict.exported = f"{kept}, mixed {verdict.mix:g}"
+                verdict.test[verdict.exported] = evaluate(exported, test, base_config)
+                chosen = next(m for m in verdict.mixes if m["factor"] == verdict.mix)
+                verdict.guard[verdict.exported] = chosen["guard"]
+            verdict.seconds["guard and mixing"] = time.perf_counter() - started
+
+        local = os.path.join(work, "best")
+        exported.save(local)
+        write_matryoshka_info(local, base_config.matryoshka_dims)
+        if config.onnx:
+            from trainers import backends
+
+            started = time.perf_counter()
+            backends.export(local)
+            verdict.backends = backends.gate(
+                local, test, base_config, config.onnx_tolerance, verdict.test[verdict.exported]
+            )
+            verdict.seconds["onnx export and gate"] = time.perf_counter() - started
+        _publish(local, destination)
+        verdict.seconds["all"] = time.perf_counter() - clock
+        return verdict
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _split(config):
+    from trainers.data import load_split
+
+    return load_split(config)
+
+
+def _load(pick: Pick, work: str):
+    """The model of a picked checkpoint (a training checkpoint: its model files load as is)."""
+    from trainers.models import load_model
+
+    folder = pick.checkpoint.to_directory(os.path.join(work, f"trial-{pick.trial}"))
+    return load_model(folder)
+
+
+def _mix(verdict: Verdict, config: SweepConfig, base, tuned, guard_task, validation) -> Any:
+    """WiSE-FT: the factor with the best validation objective among those within the guard's
+    tolerance of the base at every dim; the mixed model."""
+    from trainers.evaluate import evaluate
+    from trainers.interpolate import interpolate
+
+    guard, train = config.guard, config.train
+    base_guard = verdict.guard["base"]
+    chosen, best_score, models = None, float("-inf"), {}
+    for factor in sorted(set(guard.mix), reverse=True):
+        mixed = tuned if factor == 1 else interpolate(base, tuned, factor)
+        guard_metrics = evaluate(mixed, guard_task, train)
+        drops = {
+            d: base_guard[f"dim_{d}_cosine_map@100"] - guard_metrics[f"dim_{d}_cosine_map@100"]
+            for d in train.matryoshka_dims
+        }
+        within = all(drop <= guard.tolerance for drop in drops.values())
+        score = evaluate(mixed, validation, train)[config.objective]
+        verdict.mixes.append(
+            {
+                "factor": factor,
+                "validation": score,
+                "guard": guard_metrics,
+                "largest_drop": max(drops.values()),
+                "within": within,
+            }
+        )
+        models[factor] = mixed
+        if within and score > best_score:
+            chosen, best_score = factor, score
+    if chosen is None:
+        chosen = min(models)
+        verdict.mix_rule = (
+            f"no factor kept the guard set within {guard.tolerance} MAP@100 of the base at every "
+            f"dim: the smallest tried, {chosen:g}, is exported"
+        )
+    else:
+        verdict.mix_rule = (
+            f"the best validation {config.objective} among the factors that keep the guard set "
+            f"within {guard.tolerance} MAP@100 of the base at every dim"
+        )
+    verdict.mix = chosen
+    return models[chosen]
+
+
+def _publish(local: str, destination: str) -> None:
+    """Copy the exported folder to ``destination`` (a local path or a storage URI)."""
+    import pyarrow.fs
+
+    if "://" not in destination:
+        shutil.rmtree(destination, ignore_errors=True)
+        shutil.copytree(local, destination)
+        return
+    fs, path = pyarrow.fs.FileSystem.from_uri(destination)
+    fs.delete_dir_contents(path, missing_dir_ok=True)
+    pyarrow.fs.copy_files(
+        local, path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs
+    )

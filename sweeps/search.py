@@ -1,0 +1,148 @@
+"""How a sweep searches: which Optuna sampler, what Optuna is told, and fair early stopping.
+
+Fair early stopping. ASHA compares trials at rungs (after epoch 1, 2, 4...). When `epochs`
+itself is searched and each trial's learning-rate schedule spans its own epochs, a 4-epoch
+trial at epoch 1 is still near its peak rate while a 1-epoch trial has decayed to zero:
+the rung compares different phases of different schedules, and stops long trials for it.
+So epochs are the budget here (as Ludwig does under a Ray scheduler): every sampled trial's
+schedule spans the most epochs of the range, a rung compares like with like, and each trial
+keeps its best epoch within the range (`SweepConfig.epochs`; the report states the chosen
+number). The seed recipe's trial is the reference: it runs its own recipe to the end, and is
+kept out of ASHA's rungs so that its different schedule judges no one.
+
+What Optuna learns. Ray tells Optuna that a trial ASHA stopped COMPLETED, with its rung value
+as if it were a full run (ray/tune/search/optuna/optuna_search.py ``on_trial_complete``).
+``PruneAwareOptunaSearch`` tells it PRUNED instead, so the samplers weigh it as a partial run
+(TPE ranks pruned trials below completed ones; GP ignores them).
+
+Which sampler (``sampler: auto``). A model-based sampler needs observations to learn from:
+Optuna's TPE and GP samplers sample at random for their first 10 trials by default, and the
+first points (the seed recipe) count towards those. With n sampled trials in d searched keys:
+- n < 2 d: ``qmc`` (scrambled Sobol): too few points to model anything, and a low-discrepancy
+  sequence covers the space more evenly than random draws;
+- else, with no more than 8 keys: ``gp`` (Gaussian process, Optuna 5's GPSampler), the
+  stronger of the two at tens of trials;
+- else ``tpe`` (multivariate, constant liar for parallel trials).
+The model-based samplers start learning after max(2, min(10, n // 4)) random trials.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from typing import Any
+
+from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeps.config import SweepConfig
+from sweeps.trainable import FINAL
+
+logger = logging.getLogger(__name__)
+
+
+def choose_sampler(config: SweepConfig) -> tuple[str, str]:
+    """The sampler ``config`` runs, and why (for the report)."""
+    sampled = config.num_samples - len(config.first_points)
+    dims = len(config.search)
+    if config.sampler != "auto":
+        return config.sampler, "set in the sweep config"
+    if sampled < 2 * dims:
+        return "qmc", (
+            f"auto: {sampled} sampled trials for {dims} searched keys (fewer than 2 per key): "
+            "too few to model, so a scrambled Sobol sequence spreads them evenly"
+        )
+    if dims <= 8:
+        return "gp", f"auto: {sampled} sampled trials for {dims} searched keys"
+    return "tpe", f"auto: {sampled} sampled trials for {dims} searched keys (more than 8)"
+
+
+def startup_trials(config: SweepConfig) -> int:
+    return max(2, min(10, (config.num_samples - len(config.first_points)) // 4))
+
+
+def make_sampler(name: str, config: SweepConfig):
+    """The seeded Optuna sampler ``name`` (OptunaSearch ignores its own seed given a sampler)."""
+    import optuna
+
+    if name == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=config.seed,
+            n_startup_trials=startup_trials(config),
+            multivariate=True,
+            constant_liar=True,
+        )
+    if name == "gp":
+        return optuna.samplers.GPSampler(seed=config.seed, n_startup_trials=startup_trials(config))
+    if name == "qmc":
+        with warnings.catch_warnings():  # "QMCSampler is experimental": it is, and it is used
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=config.seed)
+    return optuna.samplers.RandomSampler(seed=config.seed)
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna PRUNED for a trial a scheduler stopped early (a trial
+    that ran to its end says so on its last report: ``FINAL``)."""
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ):
+        if error or not result or trial_id not in self._ot_trials or result.get(FINAL):
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        from optuna.trial import TrialState
+
+        value = result.get(self.metric)
+        trial = self._ot_trials[trial_id]
+        if value is not None and not math.isnan(value):
+            # Tune did not pass the stopping report on: it is the last intermediate value.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                trial.report(float(value), int(result.get("training_iteration", 0)))
+        self._ot_study.tell(trial, state=TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+class ReferenceKeepingASHA(ASHAScheduler):
+    """ASHA that never stops the reference trial (the seed recipe's) and keeps it out of its
+    rungs: its own schedule must not judge the sampled trials."""
+
+    def __init__(self, reference: dict[str, Any] | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.reference = reference
+
+    def _is_reference(self, trial) -> bool:
+        return self.reference is not None and dict(trial.config) == self.reference
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if self._is_reference(trial):
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller, trial, result):
+        if self._is_reference(trial):
+            self._trial_info.pop(trial.trial_id, None)
+            return
+        super().on_trial_complete(tune_controller, trial, result)
+
+
+def make_searcher(config: SweepConfig, metric: str) -> PruneAwareOptunaSearch:
+    name, _ = choose_sampler(config)
+    return PruneAwareOptunaSearch(
+        metric=metric,
+        mode="max",
+        sampler=make_sampler(name, config),
+        points_to_evaluate=[dict(p) for p in config.first_points] or None,
+    )
+
+
+def make_scheduler(config: SweepConfig) -> ReferenceKeepingASHA:
+    """ASHA over epochs, with the seed recipe's trial out of its rungs and never stopped."""
+    return ReferenceKeepingASHA(
+        reference=dict(config.first_points[0]) if config.seed_epochs is not None else None,
+        time_attr="training_iteration",
+        max_t=config.max_epochs,
+        grace_period=min(config.grace_period, config.max_epochs),
+        reduction_factor=config.reduction_factor,
+    )

@@ -1,0 +1,105 @@
+"""The built-in guard set: WordNet's English definitions as (words -> definition) pairs.
+
+A guard set checks that fine-tuning on one narrow domain (the Debian descriptions) did not
+cost what the base model knew elsewhere. WordNet is general English, far from software
+package descriptions, and Debian ships it (package ``wordnet-base``, WordNet 3.0), so it is
+fetched with apt's own client like the Debian pairs, once, then cached:
+
+    apt-get download wordnet-base       (package lists in a private folder, as for 'debian')
+    dpkg-deb -x wordnet-base_*.deb      -> /usr/share/wordnet/data.{noun,verb,adj,adv}
+
+Query = a synset's words ("laying waste, ruin, ruining, ruination, wrecking"), passage = its
+gloss ("destruction achieved by causing something to be wrecked or ruined"). Only synsets
+with at least two words and a word list of their own are kept, so each query has one answer.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+from trainers.debian import DebianDataError, apt_lists, cache_dir, read_cache, write_cache
+
+logger = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+PACKAGE = "wordnet-base"
+PARTS_OF_SPEECH = ("noun", "verb", "adj", "adv")
+
+
+def cache_path() -> Path:
+    return cache_dir() / f"wordnet-pairs-v{CACHE_VERSION}.jsonl"
+
+
+def load_pairs() -> list[dict[str, str]]:
+    """The WordNet pairs, from the cache, else built with apt (once per machine)."""
+    path = cache_path()
+    cached = read_cache(path)
+    if cached is not None:
+        return cached
+    pairs = build_pairs()
+    write_cache(path, pairs)
+    return pairs
+
+
+def build_pairs() -> list[dict[str, str]]:
+    if shutil.which("dpkg-deb") is None:
+        raise DebianDataError(
+            "the built-in 'wordnet' guard set needs apt and dpkg-deb (Debian/Ubuntu): pass your "
+            "own out-of-domain pairs instead, e.g. guard: {data: other-pairs.jsonl}"
+        )
+    with tempfile.TemporaryDirectory(prefix="wordnet-") as tmp:
+        lists = apt_lists(tmp)
+        cache = os.path.join(tmp, "cache")
+        os.makedirs(os.path.join(cache, "archives", "partial"))
+        cmd = ["apt-get", "download", "-q", "-o", f"Dir::State::Lists={lists}"]
+        cmd += ["-o", f"Dir::Cache={cache}", "-o", "Debug::NoLocking=1", PACKAGE]
+        logger.info("fetching WordNet (the guard set): %s", " ".join(cmd))
+        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
+        debs = glob.glob(os.path.join(tmp, f"{PACKAGE}_*.deb"))
+        if done.returncode != 0 or not debs:
+            raise DebianDataError(
+                f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr.strip()[-300:]}; "
+                "pass your own out-of-domain pairs instead: guard: {data: other-pairs.jsonl}"
+            )
+        subprocess.run(["dpkg-deb", "-x", debs[0], os.path.join(tmp, "x")], check=True)
+        folder = Path(tmp, "x", "usr", "share", "wordnet")
+        synsets = [s for pos in PARTS_OF_SPEECH for s in parse_data(folder / f"data.{pos}")]
+    return clean(synsets)
+
+
+def parse_data(path: Path) -> Iterator[tuple[str, list[str], str]]:
+    """(synset id, words, gloss) of every synset in a WordNet ``data.<pos>`` file.
+
+    A line is ``offset lex_filenum ss_type w_cnt word lex_id [word lex_id ...] ... | gloss``
+    with w_cnt in hexadecimal; lines that start with two spaces are the license header.
+    """
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for line in f:
+            if line.startswith("  ") or "|" not in line:
+                continue
+            head, _, gloss = line.partition("|")
+            fields = head.split()
+            count = int(fields[3], 16)
+            words = [w.replace("_", " ") for w in fields[4 : 4 + 2 * count : 2]]
+            yield f"{fields[2]}{fields[0]}", words, gloss.strip()
+
+
+def clean(synsets: list[tuple[str, list[str], str]]) -> list[dict[str, str]]:
+    """Keep synsets with two or more words, a gloss, and a word list no other synset has."""
+    queries = [", ".join(dict.fromkeys(w.casefold() for w in words)) for _, words, _ in synsets]
+    counts = Counter(queries)
+    pairs = [
+        {"anchor": query, "positive": gloss, "synset": synset}
+        for (synset, words, gloss), query in zip(synsets, queries, strict=True)
+        if len(words) >= 2 and gloss and counts[query] == 1
+    ]
+    logger.info("WordNet pairs: %d synsets, kept %d", len(synsets), len(pairs))
+    return pairs
