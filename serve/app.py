@@ -45,7 +45,9 @@ os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
 os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response junk-response")
 from ray import serve  # noqa: E402
 
+from serve import backends  # noqa: E402
 from serve.api import APIError, ErrorKind, parse_request, render, truncate  # noqa: E402
+from serve.backends import Backend  # noqa: E402
 from trainers import cli  # noqa: E402
 from trainers.config import Config, parse  # noqa: E402
 from trainers.errors import ModelError  # noqa: E402
@@ -79,6 +81,14 @@ class ServeArgs(Config):
         ge=1,
         description="requests one replica holds at once (encoding or waiting for a "
         "batch); past it, a request is answered 429 with Retry-After at once",
+    )
+    backend: Backend = Field(
+        "auto",
+        description="torch, onnx (fp32) or onnx-int8; auto = the fastest backend that passed the "
+        "model folder's quality gate (ONNX on a CPU, torch on a CUDA GPU)",
+    )
+    allow_ungated: bool = Field(
+        False, description="serve a backend that failed (or never had) the quality gate"
     )
 
     @property
@@ -115,6 +125,19 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     )
 
 
+# Defined above the deployment: @serve.ingress pickles the class (by value) when it is
+# decorated, and a module global defined later is then missing in the replica.
+def replica_cpus() -> int:
+    """The CPUs Ray reserved for this replica (its threads: torch's or ONNX Runtime's)."""
+    import ray
+
+    try:
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
+    except Exception:  # noqa: BLE001 - outside a Ray worker (tests that build it in-process)
+        cpus = 1.0
+    return max(1, round(cpus))
+
+
 @serve.deployment(ray_actor_options={"num_cpus": 1})
 @serve.ingress(fastapi_app)
 class EmbeddingService:
@@ -132,23 +155,29 @@ class EmbeddingService:
         # restarts) takes traffic only once it can answer. With a background load, a new
         # replica took its share of requests while loading and answered them 503 (seen at 16
         # clients: scale-up from 1 to 2 replicas failed the load test).
-        from trainers.models import load_model, matryoshka_info, resolve
+        from trainers.models import matryoshka_info, resolve
 
         folder, is_local = resolve(self.args.model)
-        model = load_model(folder, device=self.args.device)
-        model.eval()
-        self.dim = int(model.get_embedding_dimension())
+        encoder, self.backend, why = backends.load(
+            self.args.backend, folder, self.args.device, self.args.allow_ungated, replica_cpus()
+        )
+        self.dim = encoder.dim
         # The dims the model was trained on (a sweep's or trainers' export records them); any
         # other `dimensions` is still served, but flagged (README, Serving).
         self.trained_dims: list[int] = matryoshka_info(folder).get("dims", []) if is_local else []
         self.query_prompt = (
             self.args.query_prompt
             if self.args.query_prompt is not None
-            else model.prompts.get("query", "")
+            else encoder.prompts.get("query", "")
         )
-        self.model = model
-        logger.info(
-            "loaded %s (%d dims, max %d tokens)", self.args.model, self.dim, model.max_seq_length
+        self.encoder = encoder
+        logger.warning(
+            "serving %s with the %s backend (%s): %d dims, max %d tokens",
+            self.args.model,
+            self.backend,
+            why,
+            self.dim,
+            encoder.max_seq_length,
         )
 
     def _authorize(self, request: Request) -> None:
@@ -165,19 +194,11 @@ class EmbeddingService:
         # batch. Awaiting an executor here would let each request run alone (batch size 1).
         self.batches += 1
         self.batched_texts += len(texts)
-        vectors = self.model.encode(
-            texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True
-        )
+        vectors = self.encoder.encode(texts)
         # Token counts for `usage` come from one tokenizer call per batch: a call per request
         # cost ~0.7 ms under 16 clients (tokenizer threads waking up on a busy CPU).
-        return [
-            (vector, tokens, len(texts))
-            for vector, tokens in zip(vectors, self._token_counts(texts), strict=True)
-        ]
-
-    def _token_counts(self, texts: list[str]) -> list[int]:
-        encoded = self.model.tokenizer(texts, truncation=True, max_length=self.model.max_seq_length)
-        return [len(ids) for ids in encoded["input_ids"]]
+        counts = self.encoder.token_counts(texts)
+        return [(v, n, len(texts)) for v, n in zip(vectors, counts, strict=True)]
 
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
@@ -248,7 +269,8 @@ class EmbeddingService:
                     "owned_by": "matryoshka-sweeps",
                     "dimensions": self.dim,
                     "matryoshka_dimensions": self.trained_dims,
-                    "max_input_tokens": self.model.max_seq_length,
+                    "max_input_tokens": self.encoder.max_seq_length,
+                    "backend": self.backend,
                 }
             ],
         }
@@ -264,6 +286,7 @@ class EmbeddingService:
             "mean_batch_size": self.batched_texts / self.batches if self.batches else 0.0,
             "in_flight": self.in_flight,
             "rejected_overloaded": self.rejected,
+            "backend": self.backend,
             "torch_threads": torch.get_num_threads(),
         }
 
@@ -435,6 +458,18 @@ def _main(argv: list[str]) -> int:
     )
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--name", help="model name clients send (default: the folder's name)")
+    parser.add_argument(
+        "--backend",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+        default="auto",
+        help="what encodes: auto (default) = the fastest backend that passed the model folder's "
+        "quality gate: ONNX on a CPU, torch on a CUDA GPU",
+    )
+    parser.add_argument(
+        "--allow-ungated",
+        action="store_true",
+        help="serve --backend although it failed (or never had) the quality gate",
+    )
     args = parser.parse_args(argv)
     cli.setup_logging()
     if (
@@ -446,8 +481,11 @@ def _main(argv: list[str]) -> int:
     serve_args = ServeArgs(
         model=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
         name=args.name,
+        backend=args.backend,
+        allow_ungated=args.allow_ungated,
     )
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    import httpx
     import ray
 
     try:
@@ -457,7 +495,15 @@ def _main(argv: list[str]) -> int:
         with cli.terminate_as_interrupt():
             start(serve_args, args.host, args.port)
             wait_healthy(url)
-            print(f"serving {args.model} at {url}/v1/embeddings  (Ctrl-C to stop)", flush=True)
+            key = os.environ.get(serve_args.api_key_env)
+            auth = {"Authorization": f"Bearer {key}"} if key else {}
+            models = httpx.get(f"{url}/v1/models", headers=auth, timeout=10).json()
+            backend = models["data"][0]["backend"]
+            print(
+                f"serving {args.model} at {url}/v1/embeddings with the {backend} backend "
+                "(Ctrl-C to stop)",
+                flush=True,
+            )
             while True:
                 time.sleep(1)
     except KeyboardInterrupt:

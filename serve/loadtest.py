@@ -219,6 +219,7 @@ async def run_load(
     time_limit_s: float,
     api_key: str | None = None,
     timeout_s: float = 30.0,
+    route: str = "/v1/embeddings",
 ) -> Load:
     """``clients`` connections send single-text requests back to back until ``max_requests``
     were sent or ``time_limit_s`` passed; every outcome is counted, none stops the load."""
@@ -250,7 +251,7 @@ async def run_load(
                 if batch:
                     load.batches.append(batch)
 
-    path = urlparse(url).path.rstrip("/") + "/v1/embeddings"  # behind a route prefix too
+    path = urlparse(url).path.rstrip("/") + route  # behind a route prefix too
     connections = [Connection(url, path, api_key) for _ in range(clients)]
     try:
         with contextlib.suppress(*CONNECTION_ERRORS, TimeoutError):  # a warm-up, not counted

@@ -363,3 +363,34 @@ def test_loadtest_refuses_fewer_than_one(flag, capsys):
         exited.value.code == 2
         and f"argument {flag}: 0: must be at least 1" in capsys.readouterr().err
     )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_each_onnx_backend_serves_what_it_encodes_in_process(
+    serve_url, tiny_model_path, tmp_path_factory, backend
+):
+    import shutil
+
+    from trainers import backends
+
+    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp(backend) / "tiny")
+    backends.export(folder)  # exported, not gated: serving it needs allow_ungated
+    name = f"tiny-{backend}"
+    url = deploy(
+        serve_url,
+        {"model": str(folder), "name": name, "backend": backend, "allow_ungated": True},
+        name,
+        f"/{name}",
+    )
+    assert httpx.get(f"{url}/v1/models").json()["data"][0]["backend"] == backend
+    texts = ["a terminal text editor", "Python bindings for Qt", "network time daemon"]
+    expected = backends.OnnxEncoder(folder, backend).encode(texts)
+    for dims in (None, 64):
+        reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts})
+        got = np.array([d["embedding"] for d in reply.json()["data"]])
+        np.testing.assert_allclose(got, unit(expected[:, : dims or 384]), atol=1e-5)
+    from ray import serve
+
+    serve.delete(name)
+    serve.delete(f"{name}-health")
