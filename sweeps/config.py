@@ -125,7 +125,15 @@ class SweepConfig(Config):
         2, description="trials running at once"
     )
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
-    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial (1 on a GPU cluster)")
+    gpus_per_trial: float = Field(
+        0.0,
+        ge=0,
+        description="GPUs per trial; a fraction packs several trials on one GPU (0.25: four), "
+        "each capped to that share of its memory",
+    )
+    reuse_actors: bool = Field(
+        True, description="run trial after trial in the same processes (no start-up per trial)"
+    )
     objective: str = Field(
         DEFAULT_OBJECTIVE,
         description="maximised metric: mean over dims, or one dim's (dim_64_cosine_map@100)",
@@ -466,8 +474,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Mapping[str, Any]) -> dict[s
         if key in CLI_FIELDS:
             raw[key] = value
         elif key in TrainConfig.model_fields:
+            # Fixing the weights also ends a search of their profile.
+            fixed = {key, "matryoshka_weight_profile"} if key == "matryoshka_weights" else {key}
             raw["search"] = {
-                k: v for k, v in _mapping(raw.get("search"), "search").items() if k != key
+                k: v for k, v in _mapping(raw.get("search"), "search").items() if k not in fixed
             }
             train[key] = value
         else:

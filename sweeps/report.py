@@ -439,6 +439,7 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: di
                 "mix_factor": verdict.mix,
                 "objective": config.objective,
                 "config": trained,
+                "refit_config": verdict.refit_config,
                 "test": verdict.test,
                 "guard": verdict.guard,
                 "backends": verdict.backends,

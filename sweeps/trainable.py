@@ -38,6 +38,7 @@ def run_trial(
     from trainers.train import train
 
     config = sweep
+    share = fresh_process_state(tune.get_context())
     # Tune says "Checkpoint successfully created" at every report: the epoch line says enough.
     logging.getLogger("ray.train._internal.storage").setLevel(logging.WARNING)
     # The trainer's own output folder stays out of Tune's trial folder, which Tune syncs while
@@ -84,8 +85,36 @@ def run_trial(
         resume_from = checkpoint.to_directory(tempfile.mkdtemp(prefix="resume-", dir=scratch))
     try:
         train(trial_config, on_epoch, resume_from=resume_from, baseline=baseline, progress=False)
+    except Exception as err:
+        if type(err).__name__ == "OutOfMemoryError" and 0 < share < 1:
+            raise RuntimeError(
+                f"the trial outgrew its share of the GPU (gpus_per_trial={share:g}, capped to "
+                f"that fraction of its memory): raise gpus_per_trial or lower batch_size"
+            ) from err
+        raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def fresh_process_state(context) -> float:
+    """Each trial starts clean, also in a process that ran trials before (reuse_actors):
+    garbage collected, CUDA's cache emptied and its memory capped to the trial's GPU share,
+    torch's threads set to the trial's CPUs. Returns the GPU share (0: none)."""
+    import gc
+
+    import torch
+
+    resources = context.get_trial_resources().required_resources
+    gc.collect()
+    share = float(resources.get("GPU", 0.0))
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        # Several trials per GPU: each may use its share of the memory and no more, so one
+        # trial's growth fails that trial (with the message above), not its neighbours.
+        torch.cuda.set_per_process_memory_fraction(min(1.0, share) if share > 0 else 1.0)
+    torch.set_num_threads(max(1, round(float(resources.get("CPU", 1.0)))))
+    return share
 
 
 def _injected_fault(spec: str | None, sampled: dict[str, Any]) -> int | None:

@@ -298,6 +298,9 @@ def new_tuner(config: SweepConfig, trainable, callbacks: list):
             scheduler=scheduler,
             num_samples=config.num_samples,
             max_concurrent_trials=config.max_concurrent_trials,
+            # One process runs trial after trial: no new worker, imports or data loading per
+            # trial (sweeps.trainable.fresh_process_state starts each one clean).
+            reuse_actors=config.reuse_actors,
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(

@@ -9,10 +9,12 @@ column or too few pairs is an error that names the fix.
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Protocol
 
 from trainers.config import TrainConfig
@@ -178,9 +180,30 @@ def split_pairs(pairs: list[Pair], eval_size: float, seed: int) -> tuple[list[Pa
 
 
 def load_pairs(config: PairsSource) -> tuple[list[Pair], dict[str, int]]:
-    """Every usable pair of the configured source (cleaned, with its group), and the drop counts."""
-    rows, group_column = read_rows(config)
-    return clean_pairs(rows, config.query_column, config.passage_column, group_column)
+    """Every usable pair of the configured source (cleaned, with its group), and the drop counts.
+
+    Read once per process and source: a sweep's reused trial processes (reuse_actors) and its
+    refit read the same data again and again.
+    """
+    key = (config.data, config.data_split, config.query_column, config.passage_column)
+    pairs, dropped = _cached_pairs(*key, config.group_column)
+    return list(pairs), dict(dropped)
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_pairs(
+    data: str, data_split: str, query_column: str, passage_column: str, group_column: str | None
+) -> tuple[tuple[Pair, ...], dict[str, int]]:
+    source = SimpleNamespace(
+        data=data,
+        data_split=data_split,
+        query_column=query_column,
+        passage_column=passage_column,
+        group_column=group_column,
+    )
+    rows, group = read_rows(source)
+    pairs, dropped = clean_pairs(rows, query_column, passage_column, group)
+    return tuple(pairs), dropped
 
 
 def load_split(config: TrainConfig) -> Split:

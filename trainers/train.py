@@ -75,20 +75,36 @@ class TrainResult:
         return {**asdict(self), "final": self.final}
 
 
-def precision_args(precision: str) -> dict[str, Any]:
-    """Training-argument flags for the requested precision on this machine."""
+# precision: auto on a CUDA GPU with TF32 (Ampere and later). Measured on an H100
+# (benchmarks/results/throughput-gpu.md): fp32 + TF32 trained MiniLM (22.7M parameters)
+# 1.25x faster than bf16 at batch 32 and 2.09x at batch 128 (a small model is bound by
+# per-kernel overhead, and bf16 autocast adds cast kernels). Larger models gain from bf16's
+# halved activations and bandwidth (bge-m3, 568M), so bf16 is kept above a size. Where the
+# two cross between 22.7M and 568M is NOT measured: 150M (above bge-base's 110M) is a guess
+# until a GPU run of benchmarks/throughput.py at those sizes replaces it.
+FP32_MAX_PARAMS = 150_000_000
+
+
+def precision_args(precision: str, n_params: int | None = None) -> dict[str, Any]:
+    """Training-argument flags for the requested precision on this machine (``n_params``:
+    the model's size, which ``auto`` decides by on a GPU)."""
     import torch
 
     cuda = torch.cuda.is_available()
+    tf32 = cuda and torch.cuda.get_device_capability()[0] >= 8
     if precision == "auto":
-        bf16 = cuda and torch.cuda.is_bf16_supported()
-        precision = "bf16" if bf16 else ("fp16" if cuda else "fp32")
+        if not cuda:
+            precision = "fp32"
+        elif tf32 and (n_params is None or n_params <= FP32_MAX_PARAMS):
+            precision = "fp32"  # with TF32 matmuls
+        else:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "fp16" and not cuda:
         raise ConfigError("precision=fp16 needs a CUDA GPU; use fp32 (or auto) on CPU")
     args: dict[str, Any] = {"bf16": precision == "bf16", "fp16": precision == "fp16"}
     if cuda:
         # TF32 matmuls on Ampere+ and the fused AdamW kernel: free speed on GPUs.
-        args["tf32"] = torch.cuda.get_device_capability()[0] >= 8
+        args["tf32"] = tf32
         args["optim"] = "adamw_torch_fused"
     else:
         args["use_cpu"] = True
@@ -221,7 +237,11 @@ class EpochReporter(TrainerCallback):
 
 
 def training_args(
-    config: TrainConfig, checkpoints: Path, save_each_epoch: bool, progress: bool = True
+    config: TrainConfig,
+    checkpoints: Path,
+    save_each_epoch: bool,
+    progress: bool = True,
+    n_params: int | None = None,
 ):
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.base.sampler import BatchSamplers
@@ -252,7 +272,7 @@ def training_args(
         report_to="none",
         disable_tqdm=not progress,
         dataloader_num_workers=dataloader_workers(config.dataloader_workers),
-        **precision_args(config.precision),
+        **precision_args(config.precision, n_params),
     )
 
 
@@ -308,7 +328,13 @@ def train(
     )
     trainer = SentenceTransformerTrainer(
         model=model,
-        args=training_args(config, checkpoints, save_each_epoch, progress),
+        args=training_args(
+            config,
+            checkpoints,
+            save_each_epoch,
+            progress,
+            sum(p.numel() for p in model.parameters()),
+        ),
         train_dataset=train_dataset,
         loss=build_loss(model, config),
         evaluator=evaluator,

@@ -1,0 +1,131 @@
+"""ONNX Runtime backends of a model folder: the export equals encode, the gate refuses what
+loses quality, and bad input leaves nothing behind."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from serve import backends as serving
+from trainers import backends
+from trainers.config import TrainConfig
+from trainers.errors import ModelError
+from trainers.evaluate import pairs_task
+
+TEXTS = ["a terminal text editor", "Python bindings for Qt", "network time daemon", "x" * 400]
+DIMS = (384, 128, 64)
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_model_path, tmp_path_factory):
+    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp("onnx") / "tiny")
+    backends.export(folder)
+    return folder
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def test_the_export_writes_sentence_transformers_layout(exported):
+    assert (exported / "onnx" / "model.onnx").is_file()
+    assert (exported / "onnx" / "model_qint8.onnx").is_file()
+    assert backends.available(exported) == ["torch", "onnx", "onnx-int8"]
+
+
+def test_onnx_fp32_equals_encode_at_every_dim(exported):
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(exported), device="cpu")
+    expected = model.encode(TEXTS, normalize_embeddings=True)
+    got = backends.OnnxEncoder(exported, "onnx").encode(TEXTS)
+    for dim in DIMS:  # truncated, then re-normalised, as the server does
+        np.testing.assert_allclose(unit(got[:, :dim]), unit(expected[:, :dim]), atol=1e-5)
+
+
+def test_int8_is_close_but_not_equal(exported):
+    fp32 = backends.OnnxEncoder(exported, "onnx").encode(TEXTS)
+    int8 = backends.OnnxEncoder(exported, "onnx-int8").encode(TEXTS)
+    cosine = (fp32 * int8).sum(axis=1)
+    assert cosine.min() > 0.5 and not np.allclose(fp32, int8, atol=1e-6)
+
+
+def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sample_file):
+    config = TrainConfig(
+        model=str(exported),
+        data=str(debian_sample_file),
+        group_column="source",
+        matryoshka_dims=DIMS,
+        max_seq_length=64,
+    )
+    task = pairs_task(config, 200, 60, seed=0)
+    record = backends.gate(exported, task, config, tolerance=0.0)
+    assert record["torch"]["gated"] and record["torch"]["largest_drop"] == 0
+    assert not record["onnx-int8"]["gated"], "int8 lost nothing on any dim"
+    # The server refuses it by default, says why, and serves it only when told to.
+    with pytest.raises(ModelError, match="not servable by default.*--allow-ungated"):
+        serving.choose("onnx-int8", exported, cuda=False, allow_ungated=False)
+    backend, why = serving.choose("onnx-int8", exported, cuda=False, allow_ungated=True)
+    assert backend == "onnx-int8" and "over the tolerance" in why
+    assert serving.choose("auto", exported, cuda=True, allow_ungated=False)[0] == "torch"
+    table = "\n".join(backends.gate_table(record, list(DIMS)))
+    assert "| onnx-int8 |" in table and "needs --allow-ungated" in table
+
+
+def test_auto_serves_the_fastest_gated_backend(exported, debian_sample_file):
+    config = TrainConfig(
+        model=str(exported),
+        data=str(debian_sample_file),
+        group_column="source",
+        matryoshka_dims=DIMS,
+        max_seq_length=64,
+    )
+    record = backends.gate(exported, pairs_task(config, 200, 60, seed=0), config, tolerance=1.0)
+    assert record["onnx-int8"]["gated"]
+    assert serving.choose("auto", exported, cuda=False, allow_ungated=False)[0] == "onnx-int8"
+
+
+def test_export_refuses_a_folder_that_is_not_a_model(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(ModelError, match="not a sentence-transformers model folder"):
+        backends.export(tmp_path)
+    assert not (tmp_path / "onnx").exists()
+
+
+def test_export_refuses_an_unwritable_folder(tiny_model_path, tmp_path):
+    folder = shutil.copytree(tiny_model_path, tmp_path / "ro")
+    # Read-only for anyone: root ignores mode bits, not the immutable attribute (ext4's chattr).
+    immutable = os.geteuid() == 0
+    if immutable:
+        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot make a folder read-only for root here: {done.stderr!r}")
+    else:
+        folder.chmod(0o555)
+    try:
+        with pytest.raises(ModelError, match="cannot write"):
+            backends.export(folder)
+        assert not (folder / "onnx").exists()
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            folder.chmod(0o755)
+
+
+def test_a_failed_check_leaves_no_onnx_folder(tiny_model_path, tmp_path, monkeypatch):
+    folder = shutil.copytree(tiny_model_path, tmp_path / "tiny")
+    # A tolerance nothing can meet: the export is built, checked, refused and removed.
+    with pytest.raises(ModelError, match="differs from encode"):
+        backends.export(folder, check_atol=-1.0)
+    assert not (folder / "onnx").exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".onnx-")]
+
+
+def test_the_command_exits_2_on_a_bad_folder(tmp_path, capsys):
+    assert backends.main([str(tmp_path / "missing")]) == 2
+    assert "not a sentence-transformers model folder" in capsys.readouterr().err
