@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model, args.queries, args.corpus = "bundled:tiny", 50, 200
     model = load_model(args.model, args.max_seq_length)
     split = load_split(TrainConfig(eval_size=args.corpus, max_pairs=8))
-    queries, corpus, relevant = ir_task(split.test, args.queries, seed=42)
+    queries, corpus, relevant = ir_task(split.validation, args.queries, seed=42)
     print(f"{len(queries)} queries, {len(corpus)} passages, dims {dims}")
 
     def ours():

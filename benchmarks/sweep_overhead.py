@@ -46,6 +46,7 @@ def overhead_config(args, storage: Path):
         "epochs": 1,
         "batch_size": SEED_RECIPE.batch_size,
         "matryoshka_weights": None,
+        "test_size": 0,  # the direct run has no test split, so neither has the sweep
     }
     if args.smoke:
         fixed.update(
@@ -60,10 +61,14 @@ def overhead_config(args, storage: Path):
         cpus_per_trial=float(os.cpu_count() or 1),
         wandb=not args.no_wandb,
         seed_recipe=False,
+        onnx=False,
     )
-    # One "searched" key with a single value: the one trial is exactly the direct run.
+    # One "searched" key with a single value: the one trial is exactly the direct run. The
+    # refit and the guard are more training and evaluation, not overhead: both are off.
     return config.replace(
-        search=(Param(key="learning_rate", kind="choice", args=(LEARNING_RATE,)),)
+        search=(Param(key="learning_rate", kind="choice", args=(LEARNING_RATE,)),),
+        refit=None,
+        guard=None,
     )
 
 
@@ -226,7 +231,14 @@ def first_step_part(args, tmp: Path) -> str:
         "--storage_path",
         str(storage),
     ]
-    command += ["--smoke-test"] if args.smoke else ["--max_pairs", str(args.startup_pairs)]
+    # Only the way to the first step is measured: no refit, guard, test verdict or ONNX after.
+    command += ["--refit", "null", "--guard", "null", "--test_size", "0", "--onnx", "false"]
+    # (The smoke test's extra first point would need a second trial.)
+    command += (
+        ["--smoke-test", "--seed_recipe", "false"]
+        if args.smoke
+        else ["--max_pairs", str(args.startup_pairs)]
+    )
     if args.no_wandb:
         command.append("--no-wandb")
     log = tmp / "startup.log"

@@ -233,7 +233,7 @@ YAML_KEYS = (set(SweepConfig.model_fields) - {"first_points", "epochs", "seed_ep
 CLI_FIELDS = {
     k: f
     for k, f in SweepConfig.model_fields.items()
-    if k not in ("train", "search", "first_points", "epochs", "seed_epochs", "refit", "guard")
+    if k not in ("train", "search", "first_points", "epochs", "seed_epochs")
 }
 
 

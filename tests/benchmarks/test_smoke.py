@@ -1,6 +1,5 @@
 """Benchmarks are not tests, but their smoke modes run here so they cannot rot."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -43,26 +42,19 @@ def test_throughput_smoke(tmp_path):
     assert "Training: **" in text and "pairs/s" in text
 
 
+@pytest.mark.slow
 def test_quality_smoke(tmp_path):
-    # A sweep's best/metrics.json as sweeps/report.py writes it (only "config" is read).
-    from trainers.config import TrainConfig
-
-    best = tmp_path / "sweep" / "best"
-    best.mkdir(parents=True)
-    config = TrainConfig(
-        model="bundled:tiny",
-        max_pairs=800,
-        epochs=1,
-        batch_size=16,
-        learning_rate=1e-3,
-        matryoshka_weights=(2.0, 1.0, 1.0, 0.5),
-    )
-    (best / "metrics.json").write_text(json.dumps({"config": config.to_dict()}))
-    text = smoke("quality", tmp_path / "results", "--sweep", str(tmp_path / "sweep"))
-    for label in ("base", "seed recipe", "sweep's best"):
-        assert f"{label} MAP@100" in text and f"{label} NDCG@10" in text
-    assert "Matryoshka retention" in text and "no package on both sides, checked" in text
-    assert "**met**" in text or "**not met**" in text
+    text = smoke("quality", tmp_path, timeout=900)  # runs a smoke sweep of its own first
+    assert "| target | result | figures |" in text
+    for target in (
+        "at full dim",
+        "seed recipe at the same budget",
+        ">= base, every dim",
+        "guard set",
+    ):
+        assert target in text
+    assert text.count("**met**") + text.count("**not met**") == 4
+    assert "seed recipe at the refit's budget" in text
 
 
 @pytest.mark.slow
@@ -75,5 +67,6 @@ def test_sweep_overhead_smoke(tmp_path):
 @pytest.mark.slow
 def test_serving_smoke(tmp_path):
     text = smoke("serving", tmp_path, timeout=600)
-    assert "| clients | requests | req/s | p50 ms" in text
-    assert "### ONNX backend vs torch" in text
+    assert "| clients | server | req/s (median) | p50 ms" in text
+    assert "our default backend (`--backend auto`)" in text and "| onnx-int8 |" in text
+    assert "Serve / in-process encode of the same backend" in text
