@@ -367,6 +367,11 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
             f"**exported: {verdict.exported}** (the refit is kept only if it beats the best "
             "trial on the test split)."
         )
+    if verdict.seconds:
+        steps = ", ".join(
+            f"{step} {seconds / 60:.1f} min" for step, seconds in verdict.seconds.items()
+        )
+        lines.append(f"- **After the trials:** {steps}.")
     lines += [
         "",
         "## Held-out test split",
@@ -391,9 +396,10 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
             "",
             "## Serving backends (quality gate)",
             "",
-            f"The exported model through each backend on the test split; a backend is servable "
-            f"by default only within {verdict.backends['tolerance']} MAP@100 of torch fp32 at "
-            "every dim (serve/app.py --backend):",
+            f"The exported model through each backend on the validation split "
+            f"({verdict.backends['task']}): choosing a backend is a choice, so test has no say. "
+            f"A backend is servable by default only within {verdict.backends['tolerance']} "
+            "MAP@100 of torch fp32 at every dim (serve/app.py --backend):",
             "",
             *gate_table(verdict.backends, list(config.dims)),
         ]
@@ -443,6 +449,7 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: di
                 "test": verdict.test,
                 "guard": verdict.guard,
                 "backends": verdict.backends,
+                "finish_seconds": verdict.seconds,
                 "final": exported,
             },
             indent=2,
@@ -463,7 +470,8 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: di
         section += [
             "## Serving backends (quality gate)",
             "",
-            f"MAP@100 and NDCG@10 on the test split through each backend; servable by default "
+            f"MAP@100 and NDCG@10 on the validation split through each backend ("
+            f"{verdict.backends['task']}); servable by default "
             f"only within {verdict.backends['tolerance']} MAP@100 of torch fp32 at every dim.",
             "",
             *gate_table(verdict.backends, list(config.dims)),

@@ -88,7 +88,8 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
         for dim in (384, 128, 64):
             assert f"dim_{dim}_map@100" in row
     report = (out / "report.md").read_text()
-    for section in ("## Held-out test split", "## Guard set", "## Trials", "Chosen factor"):
+    sections = ("## Held-out test split", "## Guard set", "## Trials", "Chosen factor")
+    for section in (*sections, "## Serving backends", "- **After the trials:** refit"):
         assert section in report
     assert (out / "map_vs_dim.png").stat().st_size > 1000
     # The exported model is a plain sentence-transformers folder with its training state removed.
@@ -103,6 +104,8 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     metrics = json.loads((best / "metrics.json").read_text())
     assert metrics["final"]["dim_64_cosine_map@100"] > 0
     assert set(metrics["test"]) >= {"base", "seed recipe", "best trial", "refit"}
+    assert {"torch", "onnx", "onnx-int8"} <= set(metrics["backends"])
+    assert (best / "onnx" / "model.onnx").is_file()
     assert json.loads((best / "matryoshka.json").read_text())["dims"] == [384, 128, 64]
     assert "held-out test split" in (best / "README.md").read_text()
 
