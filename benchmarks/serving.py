@@ -82,7 +82,7 @@ def prepare_model(args, work: Path) -> Path:
     source, _ = resolve(args.model)
     folder = Path(shutil.copytree(source, work / "model"))
     if "backends" in matryoshka_info(folder):
-        return folder  # a sweep's export: exported and gated on its test split already
+        return folder  # a sweep's export: exported and gated on its validation split already
     dims = tuple(matryoshka_info(folder).get("dims") or (384, 256, 128, 64))
     write_matryoshka_info(folder, dims)
     backends.export(folder)

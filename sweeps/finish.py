@@ -32,6 +32,11 @@ from trainers.models import write_matryoshka_info
 logger = logging.getLogger(__name__)
 
 
+def say(message: str) -> None:
+    """A line on the sweep's console (Ray relays a task's stdout): the finish takes minutes."""
+    print(f"finish: {message}", flush=True)
+
+
 @dataclass
 class Pick:
     """A trial's model as the sweep chose it: its sampled values, epoch and checkpoint."""
@@ -104,6 +109,13 @@ def finish(
                 load_best_model_at_end=False,
             )
             verdict.refit_config = refit_config.to_dict()
+            say(
+                f"refit: {refit_config.max_pairs or 'all'} pairs, {refit_config.epochs} epochs, "
+                + ", ".join(
+                    f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in best.sampled.items()
+                )
+            )
             started = time.perf_counter()
             result = train(
                 refit_config,
@@ -117,6 +129,7 @@ def finish(
             models["refit"] = load_model(refit_config.output_dir)
         started = time.perf_counter()
         for label, model in models.items():
+            say(f"scoring {label} on the test split ({test.describe()})")
             verdict.test[label] = evaluate(model, test, base_config)
         verdict.seconds["test evaluation"] = time.perf_counter() - started
 
@@ -135,6 +148,7 @@ def finish(
             guard = config.guard
             task = pairs_task(guard, guard.max_pairs, guard.max_queries, base_config.seed)
             verdict.guard_task = f"{guard.data}: {task.describe()}"
+            say(f"scoring every model on the guard set ({verdict.guard_task}) and mixing")
             for label, model in models.items():
                 verdict.guard[label] = evaluate(model, task, base_config)
             exported, exported_validation = _mix(
@@ -154,6 +168,7 @@ def finish(
             from trainers import backends
 
             started = time.perf_counter()
+            say("exporting to ONNX (fp32, int8) and gating each backend")
             backends.export(local)
             # On validation, not test: which backend is served is a choice, and test picks
             # nothing (it also costs 1,300 encodes per backend instead of 11,000 on CPU).

@@ -67,19 +67,32 @@ def read_trials(out: Path) -> list[TrialReports]:
             continue
         result = folder / "result.json"
         lines = result.read_text().splitlines() if result.is_file() else []
-        reports = [json.loads(line) for line in lines if line.strip()]
+        logged = [json.loads(line) for line in lines if line.strip()]
         params = folder / "params.json"
         trials.append(
             TrialReports(
                 trial_id=folder.name.removeprefix("trial_"),
                 config=json.loads(params.read_text()) if params.is_file() else {},
-                reports=reports,
-                done=bool(reports and reports[-1].get("done")),
+                reports=last_report_per_epoch(logged),
+                done=bool(logged and logged[-1].get("done")),
                 checkpoints=sum(1 for _ in folder.glob("checkpoint_*")),
                 failed_once=(folder / "error.txt").is_file(),
             )
         )
     return trials
+
+
+def last_report_per_epoch(logged: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One report per epoch, the last one logged.
+
+    A stop can land after Tune logged an epoch's result but before it recorded that epoch's
+    checkpoint; the resumed trial then runs that one epoch again from the checkpoint before and
+    reports it a second time. The later report describes the model the trial went on with.
+    """
+    by_epoch: dict[Any, dict[str, Any]] = {}
+    for index, report in enumerate(logged):
+        by_epoch[report.get("epoch", ("no epoch", index))] = report
+    return list(by_epoch.values())
 
 
 @dataclass

@@ -50,7 +50,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         "--resume", action="store_true", help="continue the sweep <name> where it stopped"
     )
     parser.add_argument(
-        "--smoke-test", action="store_true", help="tiny random model, tiny data, 3 trials"
+        "--smoke-test", action="store_true", help="tiny random model, tiny data, 4 trials"
     )
     parser.add_argument("--no-wandb", action="store_true", help="do not log to W&B")
     parser.add_argument(

@@ -223,14 +223,19 @@ def run_finish(
     config: SweepConfig, best: Pick, seed: Pick | None, baseline: dict, destination: str
 ) -> Verdict:
     """sweeps.finish.finish as a Ray task on a trial's resources: a GPU worker on a cluster;
-    on a machine without GPUs, every CPU the sweep used (the trials are done)."""
+    without GPUs, every CPU the sweep used (the trials are done) that one node can give."""
     import ray
 
     if config.gpus_per_trial > 0:
         resources = {"num_cpus": config.cpus_per_trial, "num_gpus": config.gpus_per_trial}
     else:
-        cpus = config.cpus_per_trial * config.max_concurrent_trials
-        resources = {"num_cpus": min(cpus, ray.cluster_resources().get("CPU", cpus))}
+        # A task runs on one node: asking for the cluster's total CPU on a cluster of small
+        # nodes would leave it infeasible for ever. A trial's share always fits (a trial ran).
+        largest = max(
+            (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0
+        )
+        cpus = min(config.cpus_per_trial * config.max_concurrent_trials, largest)
+        resources = {"num_cpus": max(cpus, config.cpus_per_trial)}
     logger.info(
         "after the search: refit, test split%s (%s)",
         ", guard set and mixing" if config.guard else "",

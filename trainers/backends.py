@@ -246,12 +246,16 @@ class OnnxEncoder:
 
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings of ``texts`` (float32, one row per text)."""
-        out = []
-        for start in range(0, len(texts), batch_size):
-            out.append(self._encode_batch(texts[start : start + batch_size]))
-        if not out:
+        if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
-        return np.concatenate(out)
+        # Longest first, as SentenceTransformer.encode does: a batch is padded to its longest
+        # text, so batches of like lengths pad (and compute) little.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), batch_size):
+            rows = order[start : start + batch_size]
+            out[rows] = self._encode_batch([texts[i] for i in rows])
+        return out
 
     def _encode_batch(self, texts: list[str]) -> np.ndarray:
         tokens = self.tokenize(texts)

@@ -47,6 +47,13 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
     ) -> None:
         if kwargs.get("truncate_dim") is not None:
             raise ValueError("truncate_dim is per dim here: pass matryoshka_dims instead")
+        if not queries or not corpus:
+            # An empty split (test_size: 0, then scoring split.test) would otherwise fail deep in
+            # the scoring with an IndexError that names nothing.
+            raise ValueError(
+                f"nothing to evaluate: {len(queries)} queries and {len(corpus)} corpus texts; "
+                "is the split you score empty (eval_size / test_size)?"
+            )
         kwargs.setdefault("write_csv", False)
         super().__init__(queries, corpus, relevant_docs, **kwargs)
         self.matryoshka_dims = [int(d) for d in matryoshka_dims]

@@ -134,7 +134,7 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
     port = twin.free_port()
     serve_config = yaml.safe_load((REPO / "serve" / "cluster.yaml").read_text())
     serve_config["http_options"] = {"host": "127.0.0.1", "port": port}
-    app = serve_config["applications"][0]
+    app = next(a for a in serve_config["applications"] if a["name"] == "embeddings")
     app["args"]["model"] = f"{bucket}/twin-smoke/best"
     app["deployments"][0]["ray_actor_options"] = {"num_cpus": 0.5}
     (cluster["head_home"] / "serve-twin.yaml").write_text(yaml.safe_dump(serve_config))

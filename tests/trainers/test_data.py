@@ -31,9 +31,12 @@ def test_every_file_format_with_a_column_mapping(tmp_path, suffix):
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path)
-    split = load_split(_config(path, group_column="doc"))
-    assert len(split.train) + len(split.test) == 40
-    assert {p.group for p in split.train}.isdisjoint({p.group for p in split.test})
+    split = load_split(_config(path, group_column="doc", test_size=0.2))
+    assert len(split.train) + len(split.validation) + len(split.test) == 40
+    assert split.validation and split.test
+    sides = [{p.group for p in side} for side in (split.train, split.validation, split.test)]
+    assert sides[0].isdisjoint(sides[1]) and sides[0].isdisjoint(sides[2])
+    assert sides[1].isdisjoint(sides[2])
     assert split.train[0].query.startswith("query ")
 
 
@@ -85,8 +88,8 @@ def test_group_split_is_seeded_and_never_shares_a_group():
 def test_max_pairs_caps_training_only(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in _rows(200)))
-    split = load_split(_config(path, eval_size=50, max_pairs=30))
-    assert len(split.train) == 30 and len(split.test) == 50
+    split = load_split(_config(path, eval_size=50, test_size=40, max_pairs=30))
+    assert len(split.train) == 30 and len(split.validation) == 50 and len(split.test) == 40
 
 
 def test_ir_task_merges_repeated_queries_and_samples_queries_only():
@@ -101,7 +104,9 @@ def test_ir_task_merges_repeated_queries_and_samples_queries_only():
 
 def test_debian_source_groups_split_real_data(debian_pairs):
     assert len(debian_pairs) > 40_000
-    split = load_split(TrainConfig(eval_size=2000))
-    assert len(split.test) >= 2000
+    split = load_split(TrainConfig(eval_size=2000, test_size=1000))
+    assert len(split.validation) >= 2000 and len(split.test) >= 1000
     train_sources = {p.group for p in split.train}
+    assert train_sources.isdisjoint({p.group for p in split.validation})
     assert train_sources.isdisjoint({p.group for p in split.test})
+    assert {p.group for p in split.validation}.isdisjoint({p.group for p in split.test})

@@ -106,3 +106,5 @@ def test_objective_must_exist_and_dims_must_fit(tiny_model_path):
         ValueError, match=r"\[512\] exceed the dimension of the evaluated model \(384\)"
     ):
         MatryoshkaInformationRetrievalEvaluator(*args, matryoshka_dims=[512])(model)
+    with pytest.raises(ValueError, match="0 queries and 0 corpus texts.*empty"):
+        MatryoshkaInformationRetrievalEvaluator({}, {}, {}, matryoshka_dims=[64])

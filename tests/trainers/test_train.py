@@ -66,7 +66,7 @@ def test_tiny_training_run_reports_every_dim_every_epoch(
     from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
 
     split = load_split(config)
-    queries, corpus, relevant = ir_task(split.test, None, config.seed)
+    queries, corpus, relevant = ir_task(split.validation, None, config.seed)
     again = MatryoshkaInformationRetrievalEvaluator(
         queries, corpus, relevant, matryoshka_dims=DIMS
     )(reloaded)
@@ -175,7 +175,7 @@ def test_bundled_minilm_trains_on_real_debian_pairs_and_reloads(tmp_path):
     trained = SentenceTransformer(str(tmp_path / "minilm"), device="cpu")
     assert trained.max_seq_length == 64
     queries, corpus, relevant = ir_task(
-        load_split(config).test, config.eval_max_queries, config.seed
+        load_split(config).validation, config.eval_max_queries, config.seed
     )
     again = MatryoshkaInformationRetrievalEvaluator(
         queries, corpus, relevant, matryoshka_dims=config.matryoshka_dims
