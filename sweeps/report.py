@@ -45,7 +45,8 @@ class Summary:
 class TrialReports:
     """One trial of a sweep as it stands on disk: its id, its sampled config, every report
     (one per epoch, in order), whether Tune marked it done, its checkpoints and whether a
-    worker failure hit it (it may have been retried since)."""
+    worker failure hit it (it may have been retried since). ``epochs_logged``: every epoch as
+    Tune logged it; one that a resume ran again (last_report_per_epoch) is in it twice."""
 
     trial_id: str
     config: dict[str, Any]
@@ -53,6 +54,7 @@ class TrialReports:
     done: bool
     checkpoints: int
     failed_once: bool
+    epochs_logged: list[int]
 
 
 def read_trials(out: Path) -> list[TrialReports]:
@@ -77,6 +79,7 @@ def read_trials(out: Path) -> list[TrialReports]:
                 done=bool(logged and logged[-1].get("done")),
                 checkpoints=sum(1 for _ in folder.glob("checkpoint_*")),
                 failed_once=(folder / "error.txt").is_file(),
+                epochs_logged=[r["epoch"] for r in logged if "epoch" in r],
             )
         )
     return trials

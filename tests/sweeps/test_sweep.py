@@ -19,7 +19,6 @@ import pytest
 import yaml
 
 import sweeps
-from sweeps import run as sweeps_run
 from sweeps.trainable import FAULT_ENV
 from tests.sweeps import wandb_records
 
@@ -195,6 +194,9 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(tmp_path, sig
     storage = tmp_path / "runs"
     command = [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "stopped"]
     command += ["--storage_path", str(storage)]
+    # The steps after the search (refit, guard, ONNX) are the smoke sweep test's: off here, so
+    # the three signals fit the suite's time.
+    command += ["--refit", "null", "--guard", "null", "--onnx", "false", "--num-samples", "3"]
     log = tmp_path / "first.log"
     # A session of its own, so that the signals reach only the sweep (and SIGINT is not
     # inherited as ignored from a non-interactive shell).
@@ -252,18 +254,15 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(tmp_path, sig
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
     trial_rows = [r for r in rows if r["trial"] != "refit"]
-    num_samples = sweeps_run.smoke_overrides()["num_samples"]
-    assert len(trial_rows) == num_samples, rows
+    assert len(trial_rows) == 3, rows
     assert all(r["status"] != "failed" for r in trial_rows), rows
-    assert [r["trial"] for r in rows].count("refit") == 1, rows
     after = {t.trial_id: t for t in sweeps.trial_results(out)}
     for name, before in finished.items():
         assert after[name].reports == before, f"{name} was run again"
     for name in interrupted:
         # Continued from its last recorded checkpoint, not from the start: at most the one epoch
         # in flight at the stop (logged, its checkpoint not yet recorded) runs again.
-        logged = (out / f"trial_{name}" / "result.json").read_text().splitlines()
-        epochs = [json.loads(line)["epoch"] for line in logged if line.strip()]
+        epochs = after[name].epochs_logged
         assert len(epochs) - len(set(epochs)) <= 1, f"{name} restarted: epochs {epochs}"
         assert [r["epoch"] for r in after[name].reports] == sorted(set(epochs)), epochs
     assert (out / "best" / "modules.json").exists()
