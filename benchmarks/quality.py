@@ -6,7 +6,7 @@ training budget, on the sweep's held-out test split.
     python benchmarks/quality.py --smoke             # a smoke sweep of its own, then the same
 
 The pipeline's model is the sweep's export (runs/<sweep>/best): the best trial's configuration
-refit on a larger budget (kept if it beat the best trial on the test split), mixed with the
+refit on a larger budget (kept if it beat the best trial on validation), mixed with the
 base model in weight space if the guard set asked for it. Its rival is what a user would get
 without the sweep: the published models' seed recipe (lr 2e-5, batch 32, all Matryoshka
 weights 1) trained on the **same pairs for the same epochs** as the refit. Both, and the

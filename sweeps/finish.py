@@ -5,9 +5,9 @@ machine) that:
 
 1. retrains the best configuration once on a larger budget (``refit:``), for the number of
    epochs the best trial chose;
-2. scores base model, seed recipe, best trial and refit on the **test** split, which no
-   selection has seen (trials and epochs were picked on the validation split);
-3. keeps the refit only if it beats the best trial there;
+2. keeps the refit only if it beats the best trial on the **validation** split;
+3. scores base model, seed recipe, best trial and refit on the **test** split, which picks
+   nothing (trials, epochs, refit, mixing factor and backends are all chosen on validation);
 4. with a ``guard:`` set, scores them all on it too and mixes the kept model with the base in
    weight space (WiSE-FT), choosing the factor on validation subject to the guard set staying
    within ``tolerance`` of the base at every dim; the mix is scored on the test split;
@@ -61,6 +61,7 @@ class Verdict:
     refit_epochs: list[dict[str, float]] = field(default_factory=list)  # validation per epoch
     refit_config: dict[str, Any] = field(default_factory=dict)
     refit_pairs: int = 0
+    validation: dict[str, dict[str, float]] = field(default_factory=dict)  # best trial, refit
     test_task: str = ""
     guard_task: str = ""
     backends: dict[str, Any] = field(default_factory=dict)  # the ONNX gate's record
@@ -127,22 +128,27 @@ def finish(
             verdict.refit_epochs = result.epochs
             verdict.refit_pairs = result.train_pairs
             models["refit"] = load_model(refit_config.output_dir)
+        # Validation picks (the refit or the best trial, the mixing factor, the backends);
+        # test only reports.
+        validation = validation_task(base_config, split)
+        objective = config.objective
+        kept = "best trial"
+        if "refit" in models:
+            for label in ("best trial", "refit"):
+                say(f"scoring {label} on the validation split ({validation.describe()})")
+                verdict.validation[label] = evaluate(models[label], validation, base_config)
+            if verdict.validation["refit"][objective] > verdict.validation[kept][objective]:
+                kept = "refit"
+        verdict.kept = verdict.exported = kept
+        exported = models[kept]
+        exported_validation = verdict.validation.get(kept)
+
         started = time.perf_counter()
         for label, model in models.items():
             say(f"scoring {label} on the test split ({test.describe()})")
             verdict.test[label] = evaluate(model, test, base_config)
         verdict.seconds["test evaluation"] = time.perf_counter() - started
 
-        objective = config.objective
-        kept = "best trial"
-        if "refit" in models and verdict.test["refit"][objective] > verdict.test[kept][objective]:
-            kept = "refit"
-        verdict.kept = verdict.exported = kept
-        exported = models[kept]
-
-        # Validation picks (the mixing factor, the backends); test only reports.
-        validation = validation_task(base_config, split)
-        exported_validation = None
         if config.guard is not None:
             started = time.perf_counter()
             guard = config.guard
@@ -152,7 +158,7 @@ def finish(
             for label, model in models.items():
                 verdict.guard[label] = evaluate(model, task, base_config)
             exported, exported_validation = _mix(
-                verdict, config, base, models[kept], kept, task, validation
+                verdict, config, base, models[kept], kept, task, validation, exported_validation
             )
             if verdict.mix < 1:
                 verdict.exported = f"{kept}, mixed {verdict.mix:g}"
@@ -198,10 +204,18 @@ def _load(pick: Pick, work: str):
 
 
 def _mix(
-    verdict: Verdict, config: SweepConfig, base, tuned, label: str, guard_task, validation
+    verdict: Verdict,
+    config: SweepConfig,
+    base,
+    tuned,
+    label: str,
+    guard_task,
+    validation,
+    tuned_validation: dict[str, float] | None,
 ) -> tuple[Any, dict[str, float]]:
     """WiSE-FT: the factor with the best validation objective among those within the guard's
-    tolerance of the base at every dim; the mixed model and its validation metrics."""
+    tolerance of the base at every dim; the mixed model and its validation metrics.
+    ``tuned_validation``: the tuned model's validation metrics if already measured."""
     from trainers.evaluate import evaluate
     from trainers.interpolate import interpolate
 
@@ -217,7 +231,10 @@ def _mix(
             for d in train.matryoshka_dims
         }
         within = all(drop <= guard.tolerance for drop in drops.values())
-        validations[factor] = evaluate(mixed, validation, train)
+        if factor == 1 and tuned_validation is not None:
+            validations[factor] = tuned_validation
+        else:
+            validations[factor] = evaluate(mixed, validation, train)
         score = validations[factor][config.objective]
         verdict.mixes.append(
             {

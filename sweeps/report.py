@@ -381,7 +381,17 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
             f"- **Refit:** the chosen configuration retrained on {verdict.refit_pairs} pairs for "
             f"{rc['epochs']} epochs ({verdict.seconds.get('refit', 0) / 60:.1f} min); "
             f"**exported: {verdict.exported}** (the refit is kept only if it beats the best "
-            "trial on the test split)."
+            "trial on the validation split"
+            + (
+                ": validation "
+                + ", ".join(
+                    f"{label} {metrics[config.objective]:.4f}"
+                    for label, metrics in verdict.validation.items()
+                )
+                if verdict.validation
+                else ""
+            )
+            + ")."
         )
     if verdict.seconds:
         steps = ", ".join(
