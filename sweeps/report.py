@@ -472,6 +472,7 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: di
                 "objective": config.objective,
                 "config": trained,
                 "refit_config": verdict.refit_config,
+                "validation": verdict.validation,
                 "test": verdict.test,
                 "guard": verdict.guard,
                 "backends": verdict.backends,

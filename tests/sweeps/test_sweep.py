@@ -104,6 +104,10 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     metrics = json.loads((best / "metrics.json").read_text())
     assert metrics["final"]["dim_64_cosine_map@100"] > 0
     assert set(metrics["test"]) >= {"base", "seed recipe", "best trial", "refit"}
+    # The refit is kept or not on validation: the test split picks nothing.
+    validation = {k: v[metrics["objective"]] for k, v in metrics["validation"].items()}
+    kept = "refit" if validation["refit"] > validation["best trial"] else "best trial"
+    assert metrics["exported"].startswith(kept), (metrics["exported"], validation)
     assert {"torch", "onnx", "onnx-int8"} <= set(metrics["backends"])
     assert (best / "onnx" / "model.onnx").is_file()
     assert json.loads((best / "matryoshka.json").read_text())["dims"] == [384, 128, 64]
