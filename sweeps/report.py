@@ -403,9 +403,9 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
         "## Held-out test split",
         "",
         f"{verdict.test_task}, from packages that neither training nor validation saw. It is "
-        "scored once, at the end, and picks nothing: the trials, their epochs and the mixing "
-        "factor were chosen on the validation split, whose figures (below) are therefore "
-        "optimistic.",
+        "scored once, at the end, and picks nothing: the trials, their epochs, refit or not, "
+        "the mixing factor and the served backends were chosen on the validation split, whose "
+        "figures (below) are therefore optimistic.",
         "",
         "MAP@100:",
         "",
