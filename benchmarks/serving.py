@@ -178,8 +178,12 @@ def start_peers(args, folder: Path, ports: list[int], work: Path) -> list[Peer]:
     )
     if not args.no_onnx_peer:
         onnx_venv = peer_venv(Path(args.peers_dir), INFINITY_ONNX)
-        # Its optimum engine wants model.onnx at the folder's root, run from inside the folder.
-        onnx_folder = Path(shutil.copytree(folder, work / "model-onnx-root"))
+        # Its optimum engine wants model.onnx at the folder's root, run from inside the folder,
+        # and no onnx/ beside it: it then asks optimum for "onnx/model.onnx", which optimum's
+        # file lookup (by bare name) never finds.
+        onnx_folder = Path(
+            shutil.copytree(folder, work / "model-onnx-root", ignore=shutil.ignore_patterns("onnx"))
+        )
         shutil.copy(folder / "onnx" / "model.onnx", onnx_folder / "model.onnx")
         peers.append(
             Peer(
