@@ -397,31 +397,16 @@ def main(argv: list[str] | None = None) -> int:
         log_to_driver=False,
     )
     try:
-        start(
-            ServeArgs(model=str(folder), name="model"),
-            "127.0.0.1",
-            port,
-            per_core_options(),
-            name="ours",
-            route_prefix="/ours",
-        )
-        wait_healthy(f"http://127.0.0.1:{port}/ours")
-        targets[f"ours: Serve, {os.cpu_count()} x 1-CPU replicas, {ours}"] = (
-            f"http://127.0.0.1:{port}/ours",
-            "/v1/embeddings",
-        )
+        # Our default backend, and torch beside it for comparison (unless it is the default).
+        apps = [("ours", "/ours", "auto", ours)]
         if not args.no_torch_row and ours != "torch":
-            start(
-                ServeArgs(model=str(folder), name="model", backend="torch"),
-                "127.0.0.1",
-                port,
-                per_core_options(),
-                name="ours-torch",
-                route_prefix="/torch",
-            )
-            wait_healthy(f"http://127.0.0.1:{port}/torch")
-            targets[f"ours: Serve, {os.cpu_count()} x 1-CPU replicas, torch"] = (
-                f"http://127.0.0.1:{port}/torch",
+            apps.append(("ours-torch", "/torch", "torch", "torch"))
+        for name, route, backend, label in apps:
+            args_ = ServeArgs(model=str(folder), name="model", backend=backend)
+            start(args_, "127.0.0.1", port, per_core_options(), name=name, route_prefix=route)
+            wait_healthy(f"http://127.0.0.1:{port}{route}")
+            targets[f"ours: Serve, {os.cpu_count()} x 1-CPU replicas, {label}"] = (
+                f"http://127.0.0.1:{port}{route}",
                 "/v1/embeddings",
             )
         if not args.no_peers:

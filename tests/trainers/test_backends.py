@@ -54,14 +54,19 @@ def test_int8_is_close_but_not_equal(exported):
     assert cosine.min() > 0.5 and not np.allclose(fp32, int8, atol=1e-6)
 
 
-def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sample_file):
-    config = TrainConfig(
+def gate_config(exported, data):
+    """What the gate scores with: the exported model on real Debian pairs."""
+    return TrainConfig(
         model=str(exported),
-        data=str(debian_sample_file),
+        data=str(data),
         group_column="source",
         matryoshka_dims=DIMS,
         max_seq_length=64,
     )
+
+
+def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sample_file):
+    config = gate_config(exported, debian_sample_file)
     task = pairs_task(config, 200, 60, seed=0)
     record = backends.gate(exported, task, config, tolerance=0.0)
     assert record["torch"]["gated"] and record["torch"]["largest_drop"] == 0
@@ -77,13 +82,7 @@ def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sampl
 
 
 def test_auto_serves_the_fastest_gated_backend(exported, debian_sample_file):
-    config = TrainConfig(
-        model=str(exported),
-        data=str(debian_sample_file),
-        group_column="source",
-        matryoshka_dims=DIMS,
-        max_seq_length=64,
-    )
+    config = gate_config(exported, debian_sample_file)
     record = backends.gate(exported, pairs_task(config, 200, 60, seed=0), config, tolerance=1.0)
     assert record["onnx-int8"]["gated"]
     assert serving.choose("auto", exported, cuda=False, allow_ungated=False)[0] == "onnx-int8"
