@@ -160,9 +160,9 @@ def _main(argv: list[str]) -> int:
     load_split(config.train)
     try:
         summary = sweeps.run_sweep(config, resume=args.resume, address=args.address)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupt:
         print("\ninterrupted: continue the sweep with --resume", flush=True)
-        return 130
+        return cli.exit_code(interrupt)
     print()
     print(summary.text)
     if summary.stopped_by is not None:

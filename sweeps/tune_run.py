@@ -344,7 +344,7 @@ def graceful_stop() -> Iterator[list[int]]:
     def stop(signum, frame):
         tune_listens = callable(signal.getsignal(signal.SIGUSR1))
         if received or not tune_listens:
-            raise KeyboardInterrupt(signal.Signals(signum).name)
+            raise cli.Stopped(signum)
         received.append(signum)
         logger.warning("%s: stopping the sweep (resumable)", signal.Signals(signum).name)
         os.kill(os.getpid(), signal.SIGUSR1)

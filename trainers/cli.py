@@ -54,6 +54,20 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
+class Stopped(KeyboardInterrupt):
+    """A stop signal raised the way Ctrl-C is (so every ``finally`` clean-up runs), keeping
+    which signal it was: the command exits 128 + signum (130 for SIGINT, 143 for SIGTERM)."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def exit_code(interrupt: KeyboardInterrupt) -> int:
+    """The shell's exit code for a command ended by ``interrupt``: 130 for Ctrl-C."""
+    return 128 + getattr(interrupt, "signum", signal.SIGINT)
+
+
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
     """Inside the block SIGTERM (docker stop, systemd, Kubernetes) stops the command the way
@@ -64,7 +78,7 @@ def terminate_as_interrupt() -> Iterator[None]:
     """
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+        raise Stopped(signum)
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:

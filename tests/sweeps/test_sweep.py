@@ -201,6 +201,9 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(tmp_path, sig
     # The steps after the search (refit, guard, ONNX) are the smoke sweep test's: off here, so
     # the three signals fit the suite's time.
     command += ["--refit", "null", "--guard", "null", "--onnx", "false", "--num-samples", "3"]
+    # No early stopping: a trial that ASHA stops at its first rung can end the search within
+    # milliseconds of its first checkpoint, so the signal would land after the search.
+    command += ["--grace_period", "4"]
     log = tmp_path / "first.log"
     # A session of its own, so that the signals reach only the sweep (and SIGINT is not
     # inherited as ignored from a non-interactive shell).
