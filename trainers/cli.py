@@ -87,6 +87,28 @@ def terminate_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def bound_the_stop(seconds: float, processes: list) -> None:
+    """A stop that has begun ends within ``seconds``, whatever it waits on.
+
+    If this process still runs then, the stack of every thread goes to stderr (where it hung,
+    for the bug report), ``processes`` are killed and the process exits 0: the stop asked
+    for is done, and nothing it started is left. Normally the stop ends first and this
+    timer dies with the process.
+    """
+    import faulthandler
+    import threading
+
+    def overdue() -> None:
+        print(f"\nthe stop took over {seconds:g} s: ending it; where it waited:", file=sys.stderr)
+        faulthandler.dump_traceback(sys.stderr, all_threads=True)
+        reap(processes, timeout_s=0.5)
+        exit_now(0)
+
+    timer = threading.Timer(seconds, overdue)
+    timer.daemon = True
+    timer.start()
+
+
 def ignore_stop_signals() -> None:
     """Clean-up has begun: a second Ctrl-C or SIGTERM must not leave it half done."""
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -66,7 +66,7 @@ def test_a_signal_stops_the_server_in_5_s_and_leaves_no_ray_process(tiny_model_p
         child.kill()
     assert child.returncode == 0, rest[-3000:]
     assert "shutting down" in rest
-    assert took <= 5.0, f"{signal.Signals(signum).name} took {took:.1f} s to stop the server"
+    assert took <= 5.0, f"{signal.Signals(signum).name} took {took:.1f} s to stop: {rest[-3000:]}"
     time.sleep(0.5)  # reaped processes leave the table
     assert not ray_processes(processes), ray_processes(processes)
 

@@ -22,3 +22,38 @@ def test_sigterm_inside_terminate_as_interrupt_runs_the_clean_up_and_exits_143()
     assert cli.exit_code(caught.value) == 128 + signal.SIGTERM
     assert cli.exit_code(KeyboardInterrupt()) == 130  # a plain Ctrl-C
     assert signal.getsignal(signal.SIGTERM) is before  # the previous handler is back
+
+
+def test_a_stop_that_hangs_ends_at_its_deadline_and_says_where_it_waited(tmp_path):
+    """bound_the_stop: a hung stop still ends (exit 0) at the deadline, kills the processes it
+    was given, and prints every thread's stack so the hang can be found."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    script = (
+        "import threading, psutil\n"
+        "from trainers import cli\n"
+        f"cli.bound_the_stop(1.0, [psutil.Process({child.pid})])\n"
+        "threading.Event().wait()  # a stop that never returns\n"
+    )
+    started = time.monotonic()
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", script],
+            cwd=Path(__file__).resolve().parents[2],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        took = time.monotonic() - started
+        killed = child.wait(timeout=5)  # by the deadline: nothing else kills it
+    finally:
+        child.kill()
+    assert done.returncode == 0, done.stderr
+    assert took < 10
+    assert "the stop took over 1 s" in done.stderr
+    assert "in wait" in done.stderr  # the frame it hung in
+    assert killed == -signal.SIGKILL
