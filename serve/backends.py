@@ -40,9 +40,11 @@ class TorchEncoder:
             texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True
         )
 
-    def token_counts(self, texts: list[str]) -> list[int]:
+    def encode_counted(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
+        """``encode``, and each text's token count (a response's ``usage``)."""
+        # encode() tokenizes inside sentence-transformers, out of reach: count in one more call.
         encoded = self.model.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        return [len(ids) for ids in encoded["input_ids"]]
+        return self.encode(texts), [len(ids) for ids in encoded["input_ids"]]
 
 
 def choose(

@@ -240,24 +240,28 @@ class OnnxEncoder:
             return_tensors="np",
         )
 
-    def token_counts(self, texts: list[str]) -> list[int]:
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        return [len(ids) for ids in encoded["input_ids"]]
-
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """Unit-length embeddings of ``texts`` (float32, one row per text)."""
+        return self.encode_counted(texts, batch_size)[0]
+
+    def encode_counted(
+        self, texts: list[str], batch_size: int = 32
+    ) -> tuple[np.ndarray, list[int]]:
+        """``encode``, and each text's token count (a response's ``usage``) from the same
+        tokenization: a second tokenizer call per batch is a cost the server need not pay."""
         if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
+            return np.zeros((0, self.dim), dtype=np.float32), []
         # Longest first, as SentenceTransformer.encode does: a batch is padded to its longest
         # text, so batches of like lengths pad (and compute) little.
         order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
         out = np.empty((len(texts), self.dim), dtype=np.float32)
+        counts = np.empty(len(texts), dtype=np.int64)
         for start in range(0, len(texts), batch_size):
             rows = order[start : start + batch_size]
-            out[rows] = self._encode_batch([texts[i] for i in rows])
-        return out
+            out[rows], counts[rows] = self._encode_batch([texts[i] for i in rows])
+        return out, counts.tolist()
 
-    def _encode_batch(self, texts: list[str]) -> np.ndarray:
+    def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         tokens = self.tokenize(texts)
         feeds = {n: tokens[n].astype(np.int64) for n in self.pipeline["inputs"]}
         hidden = self.session.run(["last_hidden_state"], feeds)[0]
@@ -275,7 +279,8 @@ class OnnxEncoder:
                 weights = self.dense[step["file"]]
                 x = ACTIVATIONS[step["activation"]](x @ weights["weight"].T + weights["bias"])
         norms = np.linalg.norm(x, axis=1, keepdims=True)
-        return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+        counts = tokens["attention_mask"].sum(axis=1)
+        return (x / np.maximum(norms, 1e-12)).astype(np.float32), counts
 
 
 def available(folder: str | Path) -> list[str]:

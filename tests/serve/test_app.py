@@ -238,6 +238,9 @@ def test_bundled_minilm_is_served_exactly(serve_url):
         reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts}).json()
         got = np.array([d["embedding"] for d in reply["data"]])
         np.testing.assert_allclose(got, unit(expected[:, : dims or 384]), atol=1e-5)
+    # usage: the model's own tokens, truncated at its max_seq_length as encode truncates
+    ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    assert reply["usage"]["prompt_tokens"] == sum(len(i) for i in ids)
     from ray import serve
 
     serve.delete("minilm")
@@ -385,11 +388,15 @@ def test_each_onnx_backend_serves_what_it_encodes_in_process(
     )
     assert httpx.get(f"{url}/v1/models").json()["data"][0]["backend"] == backend
     texts = ["a terminal text editor", "Python bindings for Qt", "network time daemon"]
-    expected = backends.OnnxEncoder(folder, backend).encode(texts)
+    encoder = backends.OnnxEncoder(folder, backend)
+    expected = encoder.encode(texts)
     for dims in (None, 64):
         reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts})
         got = np.array([d["embedding"] for d in reply.json()["data"]])
         np.testing.assert_allclose(got, unit(expected[:, : dims or 384]), atol=1e-5)
+        # usage: the model's own tokens, counted from the tokenization the backend encoded
+        tokens = sum(len(ids) for ids in encoder.tokenizer(texts, truncation=True)["input_ids"])
+        assert reply.json()["usage"]["prompt_tokens"] == tokens
     from ray import serve
 
     serve.delete(name)

@@ -47,6 +47,19 @@ def test_onnx_fp32_equals_encode_at_every_dim(exported):
         np.testing.assert_allclose(unit(got[:, :dim]), unit(expected[:, :dim]), atol=1e-5)
 
 
+def test_token_counts_come_from_the_encoded_tokenization(exported):
+    """The server's `usage`: each text's tokens, special tokens included, truncated as encoded."""
+    from sentence_transformers import SentenceTransformer
+
+    texts = [*TEXTS, "a text longer than the model's max_seq_length " * 20]
+    encoder = backends.OnnxEncoder(exported, "onnx")
+    vectors, counts = encoder.encode_counted(texts, batch_size=3)  # two batches, longest first
+    model = SentenceTransformer(str(exported), device="cpu")
+    ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    assert counts == [len(i) for i in ids] and counts[-1] == encoder.max_seq_length
+    np.testing.assert_array_equal(vectors, encoder.encode(texts, batch_size=3))
+
+
 def test_int8_is_close_but_not_equal(exported):
     fp32 = backends.OnnxEncoder(exported, "onnx").encode(TEXTS)
     int8 = backends.OnnxEncoder(exported, "onnx-int8").encode(TEXTS)
