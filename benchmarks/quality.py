@@ -97,12 +97,17 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--sweep", default=str(REPO / "runs" / "local"), help="a finished sweep's folder"
+        "--sweep",
+        help="a finished sweep's folder (default: runs/local; with --smoke, a smoke sweep of "
+        "its own)",
     )
     add_common_args(parser)
     args = parser.parse_args(argv)
     tmp = tempfile.TemporaryDirectory()
-    sweep = smoke_sweep(Path(tmp.name)) if args.smoke else Path(args.sweep)
+    if args.sweep:
+        sweep = Path(args.sweep)
+    else:
+        sweep = smoke_sweep(Path(tmp.name)) if args.smoke else REPO / "runs" / "local"
     record = read_sweep(sweep)
     config, seed_test, seed_seconds, seed_result = seed_at_budget(record, Path(tmp.name))
     body = report(args, sweep, record, config, seed_test, seed_seconds, seed_result)

@@ -41,3 +41,12 @@ def debian_sample_file(tmp_path_factory, debian_pairs) -> Path:
     rows = debian_pairs[:: max(1, len(debian_pairs) // 600)][:600]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="session")
+def smoke_sweep(tmp_path_factory) -> tuple[int, Path, str]:
+    """``python sweeps/run.py --smoke-test`` once per session (tests.sweeps.smoke): (exit code,
+    its folder, its output). Read-only: the sweep tests and the quality benchmark read it."""
+    from tests.sweeps.smoke import run_smoke_sweep
+
+    return run_smoke_sweep(tmp_path_factory.mktemp("runs"))

@@ -43,8 +43,10 @@ def test_throughput_smoke(tmp_path):
 
 
 @pytest.mark.slow
-def test_quality_smoke(tmp_path):
-    text = smoke("quality", tmp_path, timeout=900)  # runs a smoke sweep of its own first
+def test_quality_smoke(tmp_path, smoke_sweep):
+    code, sweep, output = smoke_sweep  # the session's smoke sweep (tests/conftest.py)
+    assert code == 0, output[-3000:]
+    text = smoke("quality", tmp_path, "--sweep", str(sweep), timeout=900)
     assert "| target | result | figures |" in text
     for target in (
         "at full dim",

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 import sweeps
-from sweeps.trainable import FAULT_ENV
 from tests.sweeps import wandb_records
+from tests.sweeps.smoke import SECRET, SIMULATED_SWEEP_ID, sweep_env
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -28,43 +28,6 @@ pytestmark = pytest.mark.slow
 
 # A progress bar's line, as tqdm draws it ("  40%|████      | 2/5 [00:01<00:01, 1.9it/s]").
 TQDM_LINE = re.compile(r"\d+%\|.*\|\s*\d+/\d+")
-
-
-def sweep_env() -> dict[str, str]:
-    # W&B stays on (offline): a restored sweep brings back its pickled W&B callback too.
-    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
-    return {**env, "PYTHONUNBUFFERED": "1"}
-
-
-SECRET = "test-key-that-must-not-leak-8f3a"
-# Simulated: the id that wandb.sweep() would return online (it needs a W&B server; the tests
-# have no network). The runs join it exactly as they join a Sweep created online.
-SIMULATED_SWEEP_ID = "simulated-sweep-7q2x"
-
-
-@pytest.fixture(scope="module")
-def smoke_sweep(tmp_path_factory):
-    """One smoke sweep (4 trials with the seed recipe, tiny model, refit, guard set) whose
-    first point's trial fails after epoch 1, run the way a user runs it:
-    ``python sweeps/run.py --smoke-test``, its output kept. W&B writes offline files with an
-    API key in the environment (which must land nowhere) and a sweep id to join."""
-    storage = tmp_path_factory.mktemp("runs")
-    done = subprocess.run(
-        [sys.executable, "sweeps/run.py", "--smoke-test", "--name", "smoke"]
-        + ["--storage_path", str(storage), "--wandb_sweep_id", SIMULATED_SWEEP_ID],
-        cwd=REPO,
-        # The smoke sweep's first point (after the seed recipe) fails after its first epoch.
-        env={
-            **sweep_env(),
-            FAULT_ENV: "learning_rate=0.001:1",
-            "WANDB_API_KEY": SECRET,
-            "WANDB_MODE": "offline",
-        },
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    return done.returncode, storage / "smoke", done.stdout + done.stderr
 
 
 def test_the_sweep_prints_no_progress_bars(smoke_sweep):
