@@ -70,21 +70,25 @@ def exit_code(interrupt: KeyboardInterrupt) -> int:
 
 @contextlib.contextmanager
 def terminate_as_interrupt() -> Iterator[None]:
-    """Inside the block SIGTERM (docker stop, systemd, Kubernetes) stops the command the way
-    Ctrl-C does: as a KeyboardInterrupt, so its ``finally`` clean-up runs.
+    """Inside the block SIGTERM (docker stop, systemd, Kubernetes) and SIGINT (Ctrl-C, kill
+    -INT) stop the command as a KeyboardInterrupt, so its ``finally`` clean-up runs.
 
-    (``ray.init`` installs a SIGTERM handler of its own that exits without that clean-up;
-    enter this block after Ray has started.)
+    Both handlers are set here, not left to Python: a process started in the background by a
+    non-interactive shell (``nohup ... &``, a CI script) inherits SIGINT as *ignored*, and
+    Python then installs no KeyboardInterrupt for it (a server in CI ignored SIGINT so, for
+    60 s, until the test killed it). ``ray.init`` installs a SIGTERM handler of its own that
+    exits without the clean-up: enter this block after Ray has started.
     """
 
     def interrupt(signum, frame):
         raise Stopped(signum)
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = {s: signal.signal(s, interrupt) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def bound_the_stop(seconds: float, processes: list) -> None:

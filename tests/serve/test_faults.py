@@ -44,8 +44,9 @@ def test_a_signal_stops_the_server_in_5_s_and_leaves_no_ray_process(tiny_model_p
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        # A session of its own: a background child of a non-interactive shell would otherwise
-        # inherit SIGINT as ignored, and the test would test nothing.
+        # A session of its own, so that the signal reaches only the server. (It does not reset
+        # an inherited SIG_IGN: under `nohup make test &` SIGINT arrives ignored, and the server
+        # must stop on it anyway.)
         start_new_session=True,
     )
     try:

@@ -168,8 +168,8 @@ def test_a_stopped_sweep_resumes_without_rerunning_finished_trials(tmp_path, sig
     # milliseconds of its first checkpoint, so the signal would land after the search.
     command += ["--grace_period", "4"]
     log = tmp_path / "first.log"
-    # A session of its own, so that the signals reach only the sweep (and SIGINT is not
-    # inherited as ignored from a non-interactive shell).
+    # A session of its own, so that the signals reach only the sweep. (SIGINT may arrive
+    # ignored, under `nohup make test &`: the sweep sets its own handler for it.)
     proc = subprocess.Popen(
         command,
         cwd=REPO,

@@ -6,6 +6,21 @@ import pytest
 from trainers import cli
 
 
+def test_sigint_stops_the_block_even_when_inherited_as_ignored():
+    """A server started by `nohup ... &` or a CI script inherits SIGINT as ignored; inside the
+    block SIGINT still stops it (exit 130), and the ignored disposition comes back after."""
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with pytest.raises(KeyboardInterrupt) as caught:
+            with cli.terminate_as_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.sigtimedwait([], 0)  # a bytecode boundary: the handler runs here
+        assert cli.exit_code(caught.value) == 130
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
 def test_sigterm_inside_terminate_as_interrupt_runs_the_clean_up_and_exits_143():
     """SIGTERM during a sweep's finish ends the command the way Ctrl-C does (its `finally`
     runs) but with SIGTERM's exit code, 143, not Ctrl-C's 130: service managers read it."""
