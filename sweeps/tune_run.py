@@ -17,9 +17,11 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # isort: split
 import contextlib
 import dataclasses
+import importlib
 import json
 import logging
 import signal
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -166,7 +168,13 @@ def run_sweep(
     out = local_dir(config)
     path = sweep_dir(config)
     configure_wandb_mode(config)
+    # The trainer's imports (torch, sentence-transformers: 5.4 s here), which the trainable and
+    # the baseline task below need, run while Ray starts (4.7 s): launch to the baseline's start
+    # went from 12.0 s to 9.5 s on 2 cores.
+    preload = threading.Thread(target=importlib.import_module, args=("trainers.train",))
+    preload.start()
     private_ray = init_ray(address)
+    preload.join()
     try:
         with graceful_stop() as stopped_by:
             baseline = baseline_metrics(config, out, baseline)
