@@ -49,15 +49,20 @@ def run_sweep(
     baseline: Mapping[str, float] | None = None,
     resume: bool = False,
     address: str | None = None,
+    stop_deadline_s: float | None = None,
 ) -> Summary:
     """Run (or, with ``resume``, continue) the sweep and export its best model.
 
     ``baseline``: the base model's metrics if the caller has them already (else one Ray task
     evaluates it). ``address``: the Ray cluster to join; ``"local"`` starts a private one.
+    ``stop_deadline_s``: after Ctrl-C or SIGTERM, end the *process* this many seconds later
+    if the stop has not finished (the command line's choice; a notebook's kernel would go too).
     """
     from sweeps.tune_run import run_sweep as run
 
-    return run(config, resume=resume, address=address, baseline=baseline)
+    return run(
+        config, resume=resume, address=address, baseline=baseline, stop_deadline_s=stop_deadline_s
+    )
 
 
 def trial_results(out: str | Path) -> list[TrialReports]:

@@ -130,6 +130,9 @@ def check_storage(config: SweepConfig) -> None:
 
 
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
+# From Ctrl-C or SIGTERM to the end of the process, at most: within the 5 s a service manager
+# gives before it kills.
+STOP_DEADLINE_S = 4.5
 
 
 def publish(argv: list[str]) -> int:
@@ -159,7 +162,9 @@ def _main(argv: list[str]) -> int:
     # Fails fast on bad data (and builds the Debian cache once, not in every trial).
     load_split(config.train)
     try:
-        summary = sweeps.run_sweep(config, resume=args.resume, address=args.address)
+        summary = sweeps.run_sweep(
+            config, resume=args.resume, address=args.address, stop_deadline_s=STOP_DEADLINE_S
+        )
     except KeyboardInterrupt as interrupt:
         print("\ninterrupted: continue the sweep with --resume", flush=True)
         return cli.exit_code(interrupt)

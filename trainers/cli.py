@@ -91,13 +91,13 @@ def terminate_as_interrupt() -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def bound_the_stop(seconds: float, processes: list) -> None:
+def bound_the_stop(seconds: float, processes: list, code: int = 0, note: str = "") -> None:
     """A stop that has begun ends within ``seconds``, whatever it waits on.
 
     If this process still runs then, the stack of every thread goes to stderr (where it hung,
-    for the bug report), ``processes`` are killed and the process exits 0: the stop asked
-    for is done, and nothing it started is left. Normally the stop ends first and this
-    timer dies with the process.
+    for the bug report), ``processes`` are killed and the process exits with ``code`` after
+    printing ``note``: the stop asked for is done, and nothing it started is left. Normally
+    the stop ends first and this timer dies with the process.
     """
     import faulthandler
     import threading
@@ -106,7 +106,9 @@ def bound_the_stop(seconds: float, processes: list) -> None:
         print(f"\nthe stop took over {seconds:g} s: ending it; where it waited:", file=sys.stderr)
         faulthandler.dump_traceback(sys.stderr, all_threads=True)
         reap(processes, timeout_s=0.5)
-        exit_now(0)
+        if note:
+            print(note, flush=True)
+        exit_now(code)
 
     timer = threading.Timer(seconds, overdue)
     timer.daemon = True
