@@ -386,7 +386,11 @@ def test_each_onnx_backend_serves_what_it_encodes_in_process(
         name,
         f"/{name}",
     )
-    assert httpx.get(f"{url}/v1/models").json()["data"][0]["backend"] == backend
+    served = httpx.get(f"{url}/v1/models").json()["data"][0]
+    assert served["backend"] == backend
+    assert served["backend_reason"].startswith(
+        "requested with --allow-ungated although it was never"
+    )
     texts = ["a terminal text editor", "Python bindings for Qt", "network time daemon"]
     encoder = backends.OnnxEncoder(folder, backend)
     expected = encoder.encode(texts)

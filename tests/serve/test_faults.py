@@ -56,6 +56,8 @@ def test_a_signal_stops_the_server_in_5_s_and_leaves_no_ray_process(tiny_model_p
             if line.startswith("serving "):
                 break
         assert lines and lines[-1].startswith("serving "), "".join(lines)[-3000:]
+        # The console says which backend serves and why (the tiny model has no ONNX export).
+        assert "with the torch backend (auto: no ONNX export" in lines[-1], lines[-1]
         assert httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "a"}).is_success
         processes = psutil.Process(child.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in processes)
