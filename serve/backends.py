@@ -93,8 +93,14 @@ def choose(
     return requested, f"requested with --allow-ungated although {why}"
 
 
-def load(requested: Backend, spec: str, device: str | None, allow_ungated: bool, threads: int):
-    """(encoder, backend, why) for the model ``spec`` (a folder, a URI, bundled:...)."""
+def load(
+    requested: Backend, spec: str, device: str | None, allow_ungated: bool, threads: int | None
+):
+    """(encoder, backend, why) for the model ``spec`` (a folder, a URI, bundled:...).
+
+    ``threads``: the CPUs the encoder may use (a replica's share: that many threads, ONNX
+    Runtime's without spin-waiting), or None for the libraries' own defaults (one process
+    alone on the machine: ONNX Runtime's thread per core, spinning between calls)."""
     import torch
 
     from trainers.models import load_model, resolve
@@ -103,7 +109,8 @@ def load(requested: Backend, spec: str, device: str | None, allow_ungated: bool,
     cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     backend, why = choose(requested, Path(folder) if is_local else None, cuda, allow_ungated)
     if backend == "torch":
-        torch.set_num_threads(threads)
+        if threads is not None:
+            torch.set_num_threads(threads)
         return TorchEncoder(load_model(folder, device=device).eval()), backend, why
     from trainers.backends import OnnxEncoder
 
