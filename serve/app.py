@@ -47,7 +47,7 @@ os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response
 # our code on its own event loop instead of a second thread's, so a request is not handed
 # across threads. Paired runs on 2 cores, 2 x 1-CPU ONNX replicas: 16 clients 292.6/286.0 ->
 # 303.9/301.2 req/s, 64 clients 308.1/320.7 -> 329.8/339.6, 1 client unchanged (README,
-# Serving). RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the environment turns it off.
+# Serving figures). RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the environment turns it off.
 os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
 from ray import serve  # noqa: E402
 
