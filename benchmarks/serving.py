@@ -43,8 +43,8 @@ from serve.loadtest import at_least_one  # stdlib only at import: no Ray, no tor
 
 PORTS = range(8100, 8200)  # this project's benchmark ports, away from tests and `ray start`
 INFINITY = "infinity-emb[server,torch]==0.0.78"
-INPROCESS_TEXTS = 1024  # texts per in-process timing (best of 3 passes): seconds, not minutes
 INFINITY_ONNX = "infinity-emb[all]==0.0.78"
+INPROCESS_TEXTS = 1024  # texts per in-process timing (best of 3 passes): seconds, not minutes
 
 
 def free_ports(count: int) -> list[int]:
