@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import base64
 import enum
-import functools
 import json
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 
@@ -177,35 +177,36 @@ def truncate(embeddings: np.ndarray, dimensions: int | None) -> np.ndarray:
     return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
-@functools.lru_cache(maxsize=16)
-def _float_array(n: int) -> str:
-    return "[" + ",".join(["%.9g"] * n) + "]"
-
-
 def render(
     embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int
 ) -> bytes:
     """The response body as JSON bytes (OpenAI's shape).
 
-    Floats are written with 9 significant digits, which gives back every float32 exactly, in
-    one %-format per vector: 80 us for 384 floats where json.dumps of Python floats takes 225 us
-    and writes 17 digits (1.6x the bytes). This runs for every request on the replica's only
-    core, next to the model.
+    orjson writes each float32 vector straight from the array, as the shortest decimal that
+    gives back that float32 exactly: 10 us for 384 floats, where one `%.9g` format per vector
+    took 80 us and json.dumps of Python floats 225 us. This runs for every request on the
+    replica's only core, next to the model (README, Serving figures).
     """
     if not np.isfinite(embeddings).all():
         raise APIError(
             ErrorKind.INTERNAL,
             "the model produced a non-finite embedding (NaN or inf); check the model",
         )
-    items = []
-    for i, vector in enumerate(embeddings):
-        if request.encoding_format == "base64":
-            encoded = '"' + base64.b64encode(vector.astype("<f4").tobytes()).decode() + '"'
-        else:
-            encoded = _float_array(len(vector)) % tuple(vector.tolist())
-        items.append('{"object":"embedding","index":%d,"embedding":%s}' % (i, encoded))
-    usage = '{"prompt_tokens":%d,"total_tokens":%d}' % (tokens, tokens)
-    return (
-        '{"object":"list","data":[%s],"model":%s,"usage":%s}'
-        % (",".join(items), json.dumps(model_name), usage)
-    ).encode()
+    if request.encoding_format == "base64":
+        vectors: list[Any] = [
+            base64.b64encode(v.astype("<f4").tobytes()).decode() for v in embeddings
+        ]
+    else:
+        # Rows of a C-ordered float32 array: orjson serialises them without a Python float each.
+        vectors = list(np.ascontiguousarray(embeddings, dtype=np.float32))
+    return orjson.dumps(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+            "model": model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        },
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )

@@ -23,7 +23,7 @@ def test_float_body_is_openai_shaped_json_that_gives_back_every_float32():
         ("embedding", 2),
     ]
     got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
-    assert np.array_equal(got, vectors)  # exact, not close: 9 significant digits round-trip float32
+    assert np.array_equal(got, vectors)  # exact, not close: each float32 reads back as itself
 
 
 def test_base64_body_carries_the_little_endian_float32_bytes():
