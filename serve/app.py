@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 import yaml
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
@@ -148,6 +149,57 @@ async def _unexpected(request: Request, err: Exception) -> JSONResponse:
     )
 
 
+class EmbeddingsFastPath:
+    """POST /v1/embeddings straight to the replica's EmbeddingService, ahead of FastAPI.
+
+    The one route that carries the load skips FastAPI's middleware, routing, dependency
+    solving and response classes (a Starlette Request and Response per request): at 16
+    clients on 2 cores they were ~3% of a 1-CPU replica's samples, time taken from the model;
+    Serve / in-process encode went from 0.845 to 0.866 with this path (README, Serving
+    figures). Every other route, and every other method on this path, goes through FastAPI
+    as before; errors here get the same envelope as FastAPI's handlers give.
+    """
+
+    ROUTE = "/v1/embeddings"
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    async def __call__(self, scope, receive, send) -> None:
+        # Serve mounts the app at root_path (the route prefix); the path still includes it.
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or scope["path"][len(scope.get("root_path", "")) :] != self.ROUTE
+        ):
+            await self.app(scope, receive, send)
+            return
+        service = serve.get_replica_context().servable_object
+        try:
+            status, body, headers = await service.answer_embeddings(scope, receive)
+        except ConnectionError:
+            return  # the client left before its body arrived: nobody to answer
+        raw = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        raw += [(k.encode(), v.encode()) for k, v in headers.items()]
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
+
+
+fastapi_app.add_middleware(EmbeddingsFastPath)
+
+
+async def read_body(receive) -> bytes:
+    """The request body from ASGI messages; ConnectionError if the client went away."""
+    chunks = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ConnectionError("the client disconnected before sending its body")
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
 # Defined above the deployment: @serve.ingress pickles the class (by value) when it is
 # decorated, and a module global defined later is then missing in the replica.
 def replica_cpus() -> int:
@@ -203,9 +255,9 @@ class EmbeddingService:
             encoder.max_seq_length,
         )
 
-    def _authorize(self, request: Request) -> None:
+    def _authorize(self, authorization: str | None) -> None:
         expected = os.environ.get(self.args.api_key_env)
-        if expected and request.headers.get("authorization") != f"Bearer {expected}":
+        if expected and authorization != f"Bearer {expected}":
             raise APIError(
                 ErrorKind.UNAUTHORIZED,
                 "missing or wrong API key: send 'Authorization: Bearer <key>'",
@@ -231,23 +283,42 @@ class EmbeddingService:
 
     @fastapi_app.post("/v1/embeddings")
     async def embeddings(self, request: Request) -> Response:
-        self._authorize(request)
-        # Admission: past max_queue_depth requests on this replica (encoding or waiting for a
-        # batch), say so at once instead of letting every client's latency grow without bound.
-        if self.in_flight >= self.args.max_queue_depth:
-            self.rejected += 1
-            raise APIError(
-                ErrorKind.OVERLOADED,
-                f"overloaded: this replica already holds {self.in_flight} requests "
-                f"(max_queue_depth); retry after the Retry-After seconds",
-            )
-        self.in_flight += 1
-        try:
-            return await self._embed(await request.body())
-        finally:
-            self.in_flight -= 1
+        """POST /v1/embeddings through FastAPI: its OpenAPI entry, its 405 for other methods,
+        and the answer wherever EmbeddingsFastPath does not run first."""
+        status, body, headers = await self.answer_embeddings(request.scope, request.receive)
+        return Response(body, status, headers, media_type="application/json")
 
-    async def _embed(self, body: bytes) -> Response:
+    async def answer_embeddings(self, scope, receive) -> tuple[int, bytes, dict[str, str]]:
+        """POST /v1/embeddings (from EmbeddingsFastPath): status, JSON body and headers."""
+        try:
+            authorization = next(
+                (v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None
+            )
+            self._authorize(authorization)
+            # Admission: past max_queue_depth requests on this replica (encoding or waiting for
+            # a batch), say so at once instead of letting every client's latency grow unbounded.
+            if self.in_flight >= self.args.max_queue_depth:
+                self.rejected += 1
+                raise APIError(
+                    ErrorKind.OVERLOADED,
+                    f"overloaded: this replica already holds {self.in_flight} requests "
+                    f"(max_queue_depth); retry after the Retry-After seconds",
+                )
+            self.in_flight += 1
+            try:
+                return await self._embed(await read_body(receive))
+            finally:
+                self.in_flight -= 1
+        except APIError as err:
+            return err.kind.status, orjson.dumps(err.body()), err.headers()
+        except ConnectionError:
+            raise  # the client left: nothing to answer (the caller drops it)
+        except Exception as err:  # noqa: BLE001 - a bug: logged, answered like _unexpected
+            logger.exception("unexpected error in POST %s", EmbeddingsFastPath.ROUTE)
+            body = APIError(ErrorKind.INTERNAL, f"internal error: {type(err).__name__}").body()
+            return 500, orjson.dumps(body), {}
+
+    async def _embed(self, body: bytes) -> tuple[int, bytes, dict[str, str]]:
         parsed = parse_request(
             body,
             max_body_bytes=self.args.max_body_bytes,
@@ -258,7 +329,10 @@ class EmbeddingService:
         texts = parsed.texts
         if parsed.input_type == "query" and self.query_prompt:
             texts = [self.query_prompt + t for t in texts]
-        encoded = await asyncio.gather(*(self.encode(t) for t in texts))
+        if len(texts) == 1:  # the common case, without a task per text
+            encoded = [await self.encode(texts[0])]
+        else:
+            encoded = await asyncio.gather(*(self.encode(t) for t in texts))
         embeddings = truncate(np.stack([v for v, _, _ in encoded]), parsed.dimensions)
         tokens = sum(n for _, n, _ in encoded)
         # X-Batch-Size: the mean size of the batches this request's inputs were encoded in. The
@@ -271,11 +345,7 @@ class EmbeddingService:
             and parsed.dimensions not in self.trained_dims
         ):
             headers["x-dimensions-untrained"] = str(parsed.dimensions)
-        return Response(
-            render(embeddings, parsed, self.name, tokens),
-            media_type="application/json",
-            headers=headers,
-        )
+        return 200, render(embeddings, parsed, self.name, tokens), headers
 
     async def probe(self) -> dict[str, Any]:
         """Encode one text through the batcher, as a request would: the readiness check."""
@@ -287,7 +357,7 @@ class EmbeddingService:
 
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> dict[str, Any]:
-        self._authorize(request)
+        self._authorize(request.headers.get("authorization"))
         return {
             "object": "list",
             "data": [
