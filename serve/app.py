@@ -34,34 +34,12 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import Field
 from starlette.exceptions import HTTPException
 
-# Serve's HAProxy ingress instead of its Python HTTP proxy: on a 2-core machine a no-op Serve
-# app went from 59 to 348 requests/s at 16 clients with it (see README, Serving). Serve reads
-# the flag when ray.serve is imported and when the Ray it starts boots, so set it first;
-# RAY_SERVE_ENABLE_HA_PROXY=0 in the environment turns it off.
-os.environ.setdefault("RAY_SERVE_ENABLE_HA_PROXY", "1")
-# A request whose replica dies before answering is replayed on another replica: an embedding
-# request is idempotent. Serve's default retries connection failures only, so a replica
-# SIGKILLed under 32 clients cost 25 requests (9 got HAProxy's 500, 16 a dropped connection);
-# with these three, 0 of ~16,000 in three runs (README, Serving: faults).
-os.environ.setdefault("RAY_SERVE_HAPROXY_RETRY_ON", "conn-failure empty-response junk-response")
-# Serve's throughput mode, documented for use with HAProxy: among other things a replica runs
-# our code on its own event loop instead of a second thread's, so a request is not handed
-# across threads. Paired runs on 2 cores, 2 x 1-CPU ONNX replicas: 16 clients 292.6/286.0 ->
-# 303.9/301.2 req/s, 64 clients 308.1/320.7 -> 329.8/339.6, 1 client unchanged (README,
-# Serving figures). RAY_SERVE_THROUGHPUT_OPTIMIZED=0 in the environment turns it off.
-os.environ.setdefault("RAY_SERVE_THROUGHPUT_OPTIMIZED", "1")
-# Serve's per-request HTTP metrics (serve_num_http_requests, latency, errors) recorded by the
-# replica that answers, as Serve does without HAProxy, instead of HAProxy writing a log datagram
-# per request for its manager actor to parse: that actor took 3.7% of a core at 16 clients on 2
-# cores, 0.7% without; Serve / in-process 0.825 and 0.831 -> 0.840 (README, Serving figures).
-# The metrics stay; only HAProxy's own node gauges go. RAY_SERVE_HAPROXY_METRICS_ENABLED=1 in
-# the environment brings the datagrams back.
-os.environ.setdefault("RAY_SERVE_HAPROXY_METRICS_ENABLED", "0")
-# HAProxy threads: one per 4 cores, 1 to 4 (Serve's default is 4 on any machine). On 2 cores
-# one thread forwarded 325 req/s at 2.7% of a core, four took 4.2% of one to do the same work
-# (16 clients); one HAProxy thread forwards thousands of requests a second, far more than a
-# CPU model serves. RAY_SERVE_HAPROXY_NBTHREAD in the environment sets it.
-os.environ.setdefault("RAY_SERVE_HAPROXY_NBTHREAD", str(min(4, max(1, (os.cpu_count() or 4) // 4))))
+# Serve reads its settings (HAProxy ingress, its retries, throughput mode, ...) when ray.serve
+# is imported and when the Ray this process starts boots: set them first. serve/env.py has each
+# one with its measurement; a value already in the environment wins.
+from serve import env as serve_env  # noqa: E402
+
+serve_env.apply()
 from ray import serve  # noqa: E402
 
 from serve import backends  # noqa: E402

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import yaml
 
+from serve import env as serve_env
 from tests.cluster import twin
 
 pytestmark = pytest.mark.slow
@@ -161,6 +162,16 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
         ("Serve app healthy", round(180 - (deadline - time.monotonic()), 1), 0 if ready else 1)
     )
     assert ready, "the cluster's Serve app never became healthy"
+    # cluster.yaml's start commands gave Serve's processes serve/env.py's settings (they come
+    # from the environment of `ray start`, not of `serve deploy`): Serve's HAProxy ingress runs,
+    # and the replica has every setting.
+    processes = twin.processes_of(str(cluster["head_home"]))
+    assert any("ray::HAProxyManager" in p for p in processes), "no HAProxy ingress on the head"
+    replica = next(p for p in processes if "ray::ServeReplica:embeddings:" in p)
+    environ = Path(f"/proc/{replica.split(':')[0]}/environ").read_bytes().decode(errors="replace")
+    replica_env = dict(item.split("=", 1) for item in environ.split("\0") if "=" in item)
+    for name, value in serve_env.defaults().items():
+        assert replica_env.get(name) == value, f"{name} on the head's replica"
     # The README's query, run on the head.
     curl = twin.ray_cli(
         "exec",

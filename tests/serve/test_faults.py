@@ -85,7 +85,7 @@ def replica_processes(app: str) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_a_replica_killed_under_load_costs_no_request(serve_url, tiny_model_path):
     """SIGKILL one of two replicas while 16 clients send: every request gets an HTTP 200 (the
-    ingress replays a request whose replica died: RAY_SERVE_HAPROXY_RETRY_ON in serve/app.py)."""
+    ingress replays a request whose replica died: RAY_SERVE_HAPROXY_RETRY_ON in serve/env.py)."""
     url = deploy(
         serve_url,
         {"model": str(tiny_model_path), "name": "faulty"},
