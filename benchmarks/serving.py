@@ -271,7 +271,11 @@ def tables(results: dict, ours: str) -> tuple[str, dict]:
             rate = statistics.median(load.ok / load.seconds for load in loads)
             latencies = [ms for load in loads for ms in load.latencies_ms]
             outcomes = sum((load.outcomes for load in loads), type(loads[0].outcomes)())
-            figures[(clients, label)] = {"rate": rate, "p50": pct(latencies, 50)}
+            figures[(clients, label)] = {
+                "rate": rate,
+                "p50": pct(latencies, 50),
+                "rounds": [load.ok / load.seconds for load in loads],
+            }
             rows.append(
                 [
                     clients,
@@ -284,7 +288,7 @@ def tables(results: dict, ours: str) -> tuple[str, dict]:
                 ]
             )
         inproc = statistics.median(level["in-process"])
-        figures[(clients, "in-process")] = {"rate": inproc}
+        figures[(clients, "in-process")] = {"rate": inproc, "rounds": level["in-process"]}
         rows.append(
             [
                 clients,
@@ -455,16 +459,27 @@ def report(args, folder, ours, table, figures, comparison, labels) -> str:
     ours_label, peers = labels[0], [lb for lb in labels if lb.startswith("infinity")]
     for clients in (int(c) for c in args.clients.split(",")):
         mine = figures[(clients, ours_label)]
+        inproc = figures[(clients, "in-process")]
+        # Each ratio also per round (the servers of a round ran back to back): how far the
+        # median is from a single round's answer on this shared machine.
+        per_round = ", ".join(
+            f"{a / b:.2f}" for a, b in zip(mine["rounds"], inproc["rounds"], strict=True)
+        )
         line = (
             f"- {clients} clients: Serve / in-process encode of the same backend "
-            f"{mine['rate'] / figures[(clients, 'in-process')]['rate']:.2f}x"
+            f"{mine['rate'] / inproc['rate']:.2f}x (rounds: {per_round})"
         )
         if peers:
             best_rate = max(figures[(clients, p)]["rate"] for p in peers)
             best_p50 = min(figures[(clients, p)]["p50"] for p in peers)
+            rounds = [figures[(clients, p)]["rounds"] for p in peers]
+            best_rounds = [max(r) for r in zip(*rounds, strict=True)]
+            per_round = ", ".join(
+                f"{a / b:.2f}" for a, b in zip(mine["rounds"], best_rounds, strict=True)
+            )
             line += (
-                f"; ours / infinity's best {mine['rate'] / best_rate:.2f}x; p50 ours "
-                f"{mine['p50']:.1f} ms vs infinity's best {best_p50:.1f} ms"
+                f"; ours / infinity's best {mine['rate'] / best_rate:.2f}x (rounds: {per_round})"
+                f"; p50 ours {mine['p50']:.1f} ms vs infinity's best {best_p50:.1f} ms"
             )
         lines.append(line)
     lines += ["", "Embeddings for the same 8 texts, against ours:", "", comparison]

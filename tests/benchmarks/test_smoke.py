@@ -71,4 +71,4 @@ def test_serving_smoke(tmp_path):
     text = smoke("serving", tmp_path, timeout=600)
     assert "| clients | server | req/s (median) | p50 ms" in text
     assert "our default backend (`--backend auto`)" in text and "| onnx-int8 |" in text
-    assert "Serve / in-process encode of the same backend" in text
+    assert "Serve / in-process encode of the same backend" in text and "x (rounds: " in text
