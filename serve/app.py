@@ -2,7 +2,7 @@
 
     python serve/app.py --model runs/local/best        # foreground on 127.0.0.1:8000, Ctrl-C stops
     python serve/app.py --model runs/local/best --host 0.0.0.0 --port 9000
-    serve run serve/config.yaml                        # the same app from the YAML (Serve's CLI)
+    eval "$(python -m serve.env)"; serve run serve/config.yaml   # the YAML with Serve's CLI
 
     curl -s 127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
         -d '{"input": ["a text editor"], "dimensions": 64}'

@@ -39,8 +39,8 @@ def defaults() -> dict[str, str]:
         # by the replica that answers, as Serve does without HAProxy, instead of HAProxy
         # writing a log datagram per request for its manager actor to parse: that actor took
         # 3.7% of a core at 16 clients on 2 cores, 0.7% without; Serve / in-process encode
-        # 0.831 -> 0.845. The metrics stay; only HAProxy's own node gauges go (set it to 1 to
-        # have them back).
+        # 0.825 and 0.831 -> 0.840 (and 0.839 -> 0.845 with orjson's response body). The
+        # metrics stay; only HAProxy's own node gauges go (set it to 1 to have them back).
         "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
         # HAProxy threads: one per 4 cores, 1 to 4 (Serve's default is 4 on any machine). On 2
         # cores one thread forwarded ~320 req/s at 2.7% of a core, four took 4.2% for the same
