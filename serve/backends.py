@@ -70,7 +70,12 @@ def choose(
                     f"auto: the fastest backend on a CPU that passed the quality gate (largest "
                     f"MAP@100 drop {drop:+.4f}, tolerance {gate['tolerance']})"
                 )
-        missing = "no ONNX export" if len(have) == 1 else "no ONNX backend passed the gate"
+        if len(have) == 1:
+            missing = "no ONNX export"
+        elif "undecided" in gate:
+            missing = f"the gate could not decide ({gate['undecided']})"
+        else:
+            missing = "no ONNX backend passed the gate"
         return "torch", f"auto: {missing} in the model folder"
     if requested not in have:
         raise ModelError(
@@ -79,12 +84,15 @@ def choose(
         )
     if gated(requested):
         return requested, "requested; it passed the quality gate"
-    why = (
-        f"its largest MAP@100 drop against torch is {gate[requested]['largest_drop']:+.4f}, over "
-        f"the tolerance {gate['tolerance']}"
-        if requested in gate
-        else "it was never gated (python -m trainers.backends FOLDER --gate-data PAIRS)"
-    )
+    if requested not in gate:
+        why = "it was never gated (python -m trainers.backends FOLDER --gate-data PAIRS)"
+    elif "undecided" in gate:
+        why = f"its gate could not decide ({gate['undecided']})"
+    else:
+        why = (
+            f"its largest MAP@100 drop against torch is {gate[requested]['largest_drop']:+.4f}, "
+            f"over the tolerance {gate['tolerance']}"
+        )
     if not allow_ungated:
         raise ModelError(
             f"--backend {requested} is not servable by default: {why}; pass --allow-ungated "

@@ -64,7 +64,8 @@ def test_int8_is_close_but_not_equal(exported):
     fp32 = backends.OnnxEncoder(exported, "onnx").encode(TEXTS)
     int8 = backends.OnnxEncoder(exported, "onnx-int8").encode(TEXTS)
     cosine = (fp32 * int8).sum(axis=1)
-    assert cosine.min() > 0.5 and not np.allclose(fp32, int8, atol=1e-6)
+    # Per-channel int8 of the tiny model: 0.99+ here (per-tensor, refused, gave 0.83 on MiniLM).
+    assert cosine.min() > 0.98 and not np.allclose(fp32, int8, atol=1e-6)
 
 
 def gate_config(exported, data):
@@ -78,10 +79,29 @@ def gate_config(exported, data):
     )
 
 
+def gate_task(config):
+    """Enough queries for the gate to decide (MIN_GATE_QUERIES), from 600 real pairs."""
+    return pairs_task(config, 600, backends.MIN_GATE_QUERIES, seed=0)
+
+
+def test_the_gate_at_its_own_tolerance(exported, debian_sample_file):
+    """At the default tolerance, each backend is gated exactly when its MAP@100 drop against
+    torch is within it at every dim; ONNX fp32 is torch's computation, so it always passes."""
+    config = gate_config(exported, debian_sample_file)
+    record = backends.gate(exported, gate_task(config), config)
+    assert record["tolerance"] == backends.DEFAULT_TOLERANCE and "undecided" not in record
+    for backend in ("onnx", "onnx-int8"):
+        drops = [
+            record["torch"][f"dim_{d}_map@100"] - record[backend][f"dim_{d}_map@100"] for d in DIMS
+        ]
+        assert record[backend]["largest_drop"] == pytest.approx(max(drops))
+        assert record[backend]["gated"] == (max(drops) <= backends.DEFAULT_TOLERANCE)
+    assert record["onnx"]["gated"] and abs(record["onnx"]["largest_drop"]) < 1e-3
+
+
 def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sample_file):
     config = gate_config(exported, debian_sample_file)
-    task = pairs_task(config, 200, 60, seed=0)
-    record = backends.gate(exported, task, config, tolerance=0.0)
+    record = backends.gate(exported, gate_task(config), config, tolerance=0.0)
     assert record["torch"]["gated"] and record["torch"]["largest_drop"] == 0
     assert not record["onnx-int8"]["gated"], "int8 lost nothing on any dim"
     # The server refuses it by default, says why, and serves it only when told to.
@@ -94,9 +114,23 @@ def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sampl
     assert "| onnx-int8 |" in table and "needs --allow-ungated" in table
 
 
+def test_a_gate_on_too_few_queries_decides_nothing(exported, debian_sample_file):
+    """63 queries (a smoke sweep's validation): one query's rank moves MAP@100 by more than
+    the tolerance, so no backend is gated however it scored, and auto serves torch."""
+    config = gate_config(exported, debian_sample_file)
+    task = pairs_task(config, 200, 63, seed=0)
+    record = backends.gate(exported, task, config, tolerance=1.0)
+    assert record["undecided"].startswith("63 queries")
+    assert not record["onnx"]["gated"] and not record["onnx-int8"]["gated"]
+    backend, why = serving.choose("auto", exported, cuda=False, allow_ungated=False)
+    assert backend == "torch" and "could not decide" in why
+    with pytest.raises(ModelError, match="could not decide"):
+        serving.choose("onnx", exported, cuda=False, allow_ungated=False)
+
+
 def test_auto_serves_the_fastest_gated_backend(exported, debian_sample_file):
     config = gate_config(exported, debian_sample_file)
-    record = backends.gate(exported, pairs_task(config, 200, 60, seed=0), config, tolerance=1.0)
+    record = backends.gate(exported, gate_task(config), config, tolerance=1.0)
     assert record["onnx-int8"]["gated"]
     assert serving.choose("auto", exported, cuda=False, allow_ungated=False)[0] == "onnx-int8"
 
@@ -108,25 +142,37 @@ def test_export_refuses_a_folder_that_is_not_a_model(tmp_path):
     assert not (tmp_path / "onnx").exists()
 
 
+def read_only(folder) -> list[list[str]]:
+    """Make ``folder`` unwritable for this process; the commands that undo it.
+
+    Root ignores mode bits, so as root: the immutable attribute (ext4, xfs: chattr), else a
+    read-only bind mount (a container with CAP_SYS_ADMIN). Neither is a skip: the test fails
+    and says so, since the claim would otherwise go untested where CI runs as root."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        return [["chmod", "755", str(folder)]]
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode == 0:
+        return [["chattr", "-i", str(folder)]]
+    bind = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True)
+    if bind.returncode == 0:
+        undo = [["umount", str(folder)]]
+        remount = ["mount", "-o", "remount,bind,ro", str(folder)]
+        if subprocess.run(remount, capture_output=True).returncode == 0:
+            return undo
+        subprocess.run(undo[0])
+    pytest.fail(f"as root, neither chattr +i nor a read-only bind mount works on {folder}")
+
+
 def test_export_refuses_an_unwritable_folder(tiny_model_path, tmp_path):
     folder = shutil.copytree(tiny_model_path, tmp_path / "ro")
-    # Read-only for anyone: root ignores mode bits, not the immutable attribute (ext4's chattr).
-    immutable = os.geteuid() == 0
-    if immutable:
-        done = subprocess.run(["chattr", "+i", str(folder)], capture_output=True)
-        if done.returncode != 0:
-            pytest.skip(f"cannot make a folder read-only for root here: {done.stderr!r}")
-    else:
-        folder.chmod(0o555)
+    undo = read_only(folder)
     try:
         with pytest.raises(ModelError, match="cannot write"):
             backends.export(folder)
         assert not (folder / "onnx").exists()
     finally:
-        if immutable:
-            subprocess.run(["chattr", "-i", str(folder)], check=True)
-        else:
-            folder.chmod(0o755)
+        for command in undo:
+            subprocess.run(command, check=True)
 
 
 def test_a_failed_check_leaves_no_onnx_folder(tiny_model_path, tmp_path, monkeypatch):
