@@ -10,8 +10,8 @@ column or too few pairs is an error that names the fix.
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,12 +38,33 @@ class Pair:
 class Split:
     """Train, validation (the best epoch and trial are picked on it) and test (the final
     verdict, never used to pick anything; empty unless test_size is set): no group (package,
-    document) on two sides."""
+    document) on two sides. ``fingerprint``: what was read and how it was split (see
+    ``fingerprint``), recorded in every report so that two runs can be compared."""
 
     train: list[Pair]
     validation: list[Pair]
     test: list[Pair]
     dropped: dict[str, int]
+    fingerprint: dict[str, Any]
+
+
+def rank(seed: int, key: str) -> bytes:
+    """A stable pseudo-random sort key for ``key`` under ``seed``: the same on every machine
+    and Python, and independent of every other key, so adding or removing one item moves no
+    other item's place in an order sorted by it (a seeded shuffle reorders almost all)."""
+    return hashlib.blake2b(f"{seed}\0{key}".encode(), digest_size=8).digest()
+
+
+def sample(pairs: list[Pair], n: int, seed: int) -> list[Pair]:
+    """``n`` of ``pairs``, chosen by ``rank``: one pair more or less in ``pairs`` changes at
+    most one chosen pair."""
+    return sorted(pairs, key=lambda p: rank(seed, f"{p.query}\0{p.passage}"))[:n]
+
+
+def digest(pairs: list[Pair]) -> str:
+    """The sha256 (first 16 hex digits) of a set of pairs, whatever their order."""
+    lines = sorted(f"{p.query}\t{p.passage}\n" for p in pairs)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()[:16]
 
 
 class PairsSource(Protocol):
@@ -153,13 +174,14 @@ def clean_pairs(
 
 def split_groups(pairs: list[Pair], sizes: list[float], seed: int) -> list[list[Pair]]:
     """Seeded split by group: held-out parts of the given sizes (a fraction or a count each,
-    0 = empty), taken in turn from a seeded order of the groups, then the rest. Every pair of
-    a group lands in one part."""
+    0 = empty), filled in turn with whole groups in the order of ``rank(seed, group)``, then
+    the rest. Every pair of a group lands in one part, and each group's place depends on its
+    own name only: removing one group moves at most the groups at the parts' boundaries (a
+    test: removing one Debian source package keeps over 99% of the other pairs in place)."""
     groups: dict[str, list[Pair]] = {}
     for pair in pairs:
         groups.setdefault(pair.group, []).append(pair)
-    order = sorted(groups)
-    random.Random(seed).shuffle(order)
+    order = sorted(groups, key=lambda g: rank(seed, g))
     parts: list[list[Pair]] = []
     position = 0
     for size in sizes:
@@ -222,8 +244,9 @@ def load_split(config: TrainConfig) -> Split:
             f"pairs of {len(pairs)}"
         )
     validation, test, train = split_groups(pairs, [config.eval_size, config.test_size], config.seed)
+    seen = fingerprint(config, pairs, dropped, train, validation, test)
     if config.max_pairs is not None and len(train) > config.max_pairs:
-        train = random.Random(config.seed).sample(train, config.max_pairs)
+        train = sample(train, config.max_pairs, config.seed)
     if len(train) < MIN_TRAIN_PAIRS or len(validation) < MIN_EVAL_PAIRS:
         raise DataError(
             f"split gave {len(train)} train and {len(validation)} validation pairs: need at least "
@@ -238,7 +261,59 @@ def load_split(config: TrainConfig) -> Split:
         len(test),
         config.data,
     )
-    return Split(train=train, validation=validation, test=test, dropped=dropped)
+    return Split(train=train, validation=validation, test=test, dropped=dropped, fingerprint=seen)
+
+
+def fingerprint(
+    config: TrainConfig,
+    pairs: list[Pair],
+    dropped: dict[str, int],
+    train: list[Pair],
+    validation: list[Pair],
+    test: list[Pair],
+) -> dict[str, Any]:
+    """What a run read and how it split it: the source (for 'debian', the package lists' suites
+    and dates), the pair counts and a hash of each part's pairs. Two runs whose ``splits``
+    match trained and were scored on the same pairs (``compare`` says so)."""
+    return {
+        "source": config.data,
+        "origin": origin(config),
+        "pairs": len(pairs),
+        "dropped": dict(dropped),
+        "seed": config.seed,
+        "all": digest(pairs),
+        "splits": {
+            name: {"pairs": len(part), "sha256": digest(part)}
+            for name, part in (("train", train), ("validation", validation), ("test", test))
+        },
+    }
+
+
+def compare(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
+    """One line: whether two fingerprints' splits hold the same pairs, and where not."""
+    if not a or not b:
+        return "no data fingerprint on one side: cannot tell whether the splits match"
+    differ = [
+        f"{name} ({a['splits'][name]['sha256']} vs {b['splits'].get(name, {}).get('sha256')})"
+        for name in a["splits"]
+        if a["splits"][name] != b["splits"].get(name)
+    ]
+    if not differ:
+        return "the splits match (same pairs in train, validation and test)"
+    return "the splits differ: " + ", ".join(differ)
+
+
+def origin(config: PairsSource) -> dict[str, Any]:
+    """Where the pairs came from: a built-in set's own record (what apt fetched, when), a
+    file's sha256, or a hub id."""
+    if config.data in BUILT_IN:
+        import importlib
+
+        return importlib.import_module(BUILT_IN[config.data][0]).origin()
+    path = Path(config.data).expanduser()
+    if path.is_file():
+        return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+    return {"hub": config.data, "split": config.data_split}
 
 
 def ir_task(
@@ -259,9 +334,10 @@ def ir_task(
         relevant.setdefault(qid, set()).add(cid)
     queries = {qid: text for text, qid in query_ids.items()}
     if max_queries is not None and len(queries) > max_queries:
-        keep = sorted(
-            random.Random(seed).sample(sorted(queries), max_queries), key=lambda q: int(q[1:])
-        )
+        # By each query's own text (rank): the same queries are kept on any machine, and one
+        # pair more or less in ``test`` changes at most one of them.
+        chosen = sorted(queries, key=lambda q: rank(seed, queries[q]))[:max_queries]
+        keep = sorted(chosen, key=lambda q: int(q[1:]))
         queries = {qid: queries[qid] for qid in keep}
         relevant = {qid: relevant[qid] for qid in keep}
     corpus = {cid: text for text, cid in corpus_ids.items()}

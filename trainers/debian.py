@@ -9,6 +9,12 @@ use), cleaned, and cached on disk with a sha256 so later runs are offline:
 
 Each pair carries its package and source package; the source package is the group id, so a
 split never puts sibling packages (foo, foo-data, foo-doc) on both sides.
+
+The package lists change from day to day, so the set does too: beside the cache,
+``debian-pairs-v2.meta.json`` records what was read (each suite's origin, codename and Release
+date, and when it was fetched), and every run's data fingerprint carries it (``origin``). To
+build it again from today's lists, delete the cache; to reproduce another machine's set, use
+the pairs file its run wrote (``runs/<name>/data/pairs.jsonl``) as ``--data``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +36,7 @@ from trainers.errors import DataError
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the lists' suites and dates recorded beside the pairs
 APT_HELPER = "/usr/lib/apt/apt-helper"
 MIN_PASSAGE_CHARS = 40
 
@@ -50,15 +57,46 @@ def cache_path() -> Path:
     return cache_dir() / f"debian-pairs-v{CACHE_VERSION}.jsonl"
 
 
+def meta_path() -> Path:
+    return cache_dir() / f"debian-pairs-v{CACHE_VERSION}.meta.json"
+
+
 def load_pairs(rebuild: bool = False) -> list[dict[str, str]]:
     """The cleaned pairs, from the cache when its checksum holds, else built with apt."""
     path = cache_path()
     cached = None if rebuild else read_cache(path)
-    if cached is not None:
+    if cached is not None and meta_path().is_file():
         return cached
-    pairs = build_pairs()
+    pairs, releases = build_pairs()
     write_cache(path, pairs)
+    meta = {"fetched": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "releases": releases}
+    meta_path().write_text(json.dumps(meta, indent=1) + "\n")
     return pairs
+
+
+def origin() -> dict[str, object]:
+    """What the cached set was built from: the lists' suites and Release dates, when fetched,
+    and the cache file's sha256 (the fingerprint's ``origin`` for 'debian')."""
+    checksum = cache_path().with_suffix(cache_path().suffix + ".sha256")
+    meta = json.loads(meta_path().read_text()) if meta_path().is_file() else {}
+    return {
+        "apt": "Debian package lists (apt-get update against this machine's sources)",
+        **meta,
+        "cache_sha256": checksum.read_text().strip()[:16] if checksum.is_file() else None,
+    }
+
+
+def parse_release(lines: Iterator[str]) -> dict[str, str]:
+    """Origin, Suite, Codename and Date of an (In)Release file's header."""
+    wanted = ("Origin", "Suite", "Codename", "Date")
+    found: dict[str, str] = {}
+    for line in lines:
+        key, sep, value = line.partition(": ")
+        if sep and key in wanted:
+            found.setdefault(key.lower(), value.strip())
+        if line.startswith("MD5Sum:") or line.startswith("SHA256:"):
+            break
+    return found
 
 
 def read_cache(path: Path) -> list[dict[str, str]] | None:
@@ -115,8 +153,8 @@ def apt_lists(folder: str) -> str:
     return lists
 
 
-def build_pairs() -> list[dict[str, str]]:
-    """Download the package lists with apt and turn them into cleaned pairs."""
+def build_pairs() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Download the package lists with apt; the cleaned pairs and each suite's Release header."""
     with tempfile.TemporaryDirectory(prefix="debian-lists-") as tmp:
         lists = apt_lists(tmp)
         translations = sorted(glob.glob(os.path.join(lists, "*_main_i18n_Translation-en*")))
@@ -127,7 +165,11 @@ def build_pairs() -> list[dict[str, str]]:
         sources: dict[str, str] = {}
         for file in sorted(glob.glob(os.path.join(lists, "*_main_binary-*_Packages*"))):
             sources.update(parse_sources(_cat(file)))
-    return clean(descriptions, sources)
+        releases = []
+        for file in sorted(glob.glob(os.path.join(lists, "*Release"))):
+            with open(file, encoding="utf-8", errors="replace") as f:
+                releases.append(parse_release(f))
+    return clean(descriptions, sources), releases
 
 
 def _cat(file: str) -> Iterator[str]:

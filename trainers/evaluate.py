@@ -11,12 +11,11 @@ final verdict: it picks nothing). A guard task is any pairs set out of the train
 
 from __future__ import annotations
 
-import random
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from trainers.config import TrainConfig
-from trainers.data import PairsSource, Split, ir_task, load_pairs, load_split
+from trainers.data import PairsSource, Split, ir_task, load_pairs, load_split, sample
 from trainers.errors import DataError
 from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
 
@@ -57,7 +56,7 @@ def pairs_task(
     if len(pairs) < 4:
         raise DataError(f"{source.data} has {len(pairs)} usable pairs: a task needs at least 4")
     if max_pairs is not None and len(pairs) > max_pairs:
-        pairs = random.Random(seed).sample(pairs, max_pairs)
+        pairs = sample(pairs, max_pairs, seed)
     return Task(source.data, *ir_task(pairs, max_queries, seed))
 
 

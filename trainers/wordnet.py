@@ -49,6 +49,15 @@ def load_pairs() -> list[dict[str, str]]:
     return pairs
 
 
+def origin() -> dict[str, object]:
+    """What the cached set is: Debian's wordnet-base, and the cache file's sha256."""
+    checksum = cache_path().with_suffix(cache_path().suffix + ".sha256")
+    return {
+        "apt": f"Debian package {PACKAGE}",
+        "cache_sha256": checksum.read_text().strip()[:16] if checksum.is_file() else None,
+    }
+
+
 def build_pairs() -> list[dict[str, str]]:
     if shutil.which("dpkg-deb") is None:
         raise DebianDataError(

@@ -110,3 +110,50 @@ def test_debian_source_groups_split_real_data(debian_pairs):
     assert train_sources.isdisjoint({p.group for p in split.validation})
     assert train_sources.isdisjoint({p.group for p in split.test})
     assert {p.group for p in split.validation}.isdisjoint({p.group for p in split.test})
+
+
+def test_removing_one_package_keeps_the_other_pairs_in_their_split(debian_pairs):
+    """A split by each group's own hash: the day's package lists gaining or losing a package
+    move that package only (and the few at a part's boundary). A seeded shuffle of the sorted
+    groups kept 40% in place; at least 99% must stay."""
+    from trainers.data import Pair, split_groups
+
+    pairs = [Pair(p["anchor"], p["positive"], p["source"]) for p in debian_pairs]
+    sizes = [1000, 1000]  # the default sweep's validation and test sizes
+    before = split_groups(pairs, sizes, seed=42)
+    where = {(p.query, p.passage): i for i, part in enumerate(before) for p in part}
+    for victim in (before[0][0].group, before[1][0].group, before[2][0].group):
+        after = split_groups([p for p in pairs if p.group != victim], sizes, seed=42)
+        kept = sum(where[(p.query, p.passage)] == i for i, part in enumerate(after) for p in part)
+        others = sum(1 for p in pairs if p.group != victim)
+        assert kept / others >= 0.99, f"removing {victim}: {kept / others:.4f} kept their split"
+        for part, size in zip(after[:2], sizes, strict=True):
+            assert size <= len(part) < size + 50  # the requested size, plus part of one group
+
+
+def test_a_capped_train_set_and_sampled_queries_survive_one_pair_more():
+    from trainers.data import Pair, sample
+
+    pairs = [Pair(f"q{i}", f"p{i}", f"g{i}") for i in range(1000)]
+    a = sample(pairs, 100, seed=3)
+    b = sample(pairs + [Pair("new", "new passage", "gx")], 100, seed=3)
+    assert len(set(a) & set(b)) >= 99
+    queries_a, _, _ = ir_task(pairs, 50, seed=3)
+    queries_b, _, _ = ir_task(pairs[1:], 50, seed=3)
+    assert len(set(queries_a.values()) & set(queries_b.values())) >= 49
+
+
+def test_the_fingerprint_names_the_source_and_each_split(tmp_path):
+    from trainers.data import compare
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(200)))
+    first = load_split(_config(path, group_column="doc", test_size=0.2)).fingerprint
+    again = load_split(_config(path, group_column="doc", test_size=0.2)).fingerprint
+    assert first == again and first["pairs"] == 200 and first["origin"]["file"] == str(path)
+    assert set(first["splits"]) == {"train", "validation", "test"}
+    assert sum(s["pairs"] for s in first["splits"].values()) == 200
+    assert compare(first, again).startswith("the splits match")
+    other = load_split(_config(path, group_column="doc", test_size=0.2, seed=7)).fingerprint
+    assert compare(first, other).startswith("the splits differ: train")
+    assert "cannot tell" in compare(first, None)

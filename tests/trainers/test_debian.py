@@ -64,11 +64,34 @@ def test_cache_is_verified_and_rebuilt_when_corrupt(tmp_path, monkeypatch):
     monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path))
     builds = []
     rows = [{"anchor": "a", "positive": "b" * 50, "package": "p", "source": "p"}]
-    monkeypatch.setattr(debian, "build_pairs", lambda: builds.append(1) or rows)
+    release = {"origin": "Debian", "suite": "stable", "codename": "trixie", "date": "Sat, 1 Nov"}
+    monkeypatch.setattr(debian, "build_pairs", lambda: builds.append(1) or (rows, [release]))
     assert debian.load_pairs() == rows and len(builds) == 1
     assert debian.load_pairs() == rows and len(builds) == 1  # from the cache
+    assert debian.origin()["releases"] == [release]  # what was read, recorded beside it
     debian.cache_path().write_text('{"anchor": "tampered"}\n')
     assert debian.load_pairs() == rows and len(builds) == 2
+
+
+def test_release_headers_are_read_from_a_signed_inrelease():
+    lines = [
+        "-----BEGIN PGP SIGNED MESSAGE-----\n",
+        "Hash: SHA256\n",
+        "\n",
+        "Origin: Debian\n",
+        "Label: Debian\n",
+        "Suite: stable\n",
+        "Codename: trixie\n",
+        "Date: Sat, 08 Nov 2026 10:51:05 UTC\n",
+        "SHA256:\n",
+        " abc 123 main/Date: not-a-header\n",
+    ]
+    assert debian.parse_release(iter(lines)) == {
+        "origin": "Debian",
+        "suite": "stable",
+        "codename": "trixie",
+        "date": "Sat, 08 Nov 2026 10:51:05 UTC",
+    }
 
 
 def test_missing_apt_says_to_bring_your_own_data(monkeypatch):
