@@ -18,6 +18,8 @@ import time
 
 from _common import add_common_args, results_dir, write_results
 
+from trainers import cli
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -101,4 +103,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))  # Ctrl-C and SIGTERM stop it, also under nohup

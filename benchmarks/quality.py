@@ -31,6 +31,7 @@ from pathlib import Path
 
 from _common import REPO, add_common_args, markdown_table, results_dir, write_results
 
+from trainers import cli
 from trainers.config import SEED_RECIPE
 
 
@@ -198,4 +199,4 @@ def report(args, sweep, record, config, seed_test, seed_seconds, seed_result) ->
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))  # Ctrl-C and SIGTERM stop it, also under nohup

@@ -40,6 +40,7 @@ from pathlib import Path
 from _common import add_common_args, markdown_table, results_dir, write_results
 
 from serve.loadtest import at_least_one  # stdlib only at import: no Ray, no torch
+from trainers import cli
 
 PORTS = range(8100, 8200)  # this project's benchmark ports, away from tests and `ray start`
 INFINITY = "infinity-emb[server,torch]==0.0.78"
@@ -487,4 +488,4 @@ def report(args, folder, ours, table, figures, comparison, labels) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))  # Ctrl-C and SIGTERM stop it, also under nohup

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from _common import REPO, add_common_args, markdown_table, results_dir, write_results
 
+from trainers import cli
 from trainers.config import SEED_RECIPE
 
 LEARNING_RATE = SEED_RECIPE.learning_rate
@@ -311,4 +312,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))  # Ctrl-C and SIGTERM stop it, also under nohup

@@ -28,6 +28,8 @@ from pathlib import Path
 
 from _common import add_common_args, device_name, markdown_table, results_dir, write_results
 
+from trainers import cli
+
 
 def train_rate(config) -> tuple[float, object]:
     """Training pairs/s of one epoch, from the trainer's own step timing."""
@@ -230,4 +232,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli.run(main))  # Ctrl-C and SIGTERM stop it, also under nohup

@@ -35,12 +35,18 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def run(main: Callable[[list[str]], int], argv: list[str] | None = None) -> int:
-    """Call ``main(argv)``; a UserError becomes one line on stderr and exit code 2."""
+    """Call ``main(argv)``; a UserError becomes one line on stderr and exit code 2, and Ctrl-C
+    or SIGTERM ends it through its ``finally`` clean-up with exit code 130 or 143, also when
+    SIGINT was inherited as ignored (``nohup ... &``: see ``terminate_as_interrupt``)."""
     try:
-        return main(list(sys.argv[1:] if argv is None else argv))
+        with terminate_as_interrupt():
+            return main(list(sys.argv[1:] if argv is None else argv))
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as stop:
+        print(f"\nstopped by {signal.Signals(exit_code(stop) - 128).name}", file=sys.stderr)
+        return exit_code(stop)
 
 
 def exit_now(code: int) -> None:

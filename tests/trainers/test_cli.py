@@ -73,3 +73,54 @@ def test_a_stop_that_hangs_ends_at_its_deadline_and_says_where_it_waited(tmp_pat
     assert "the stop took over 1 s" in done.stderr
     assert "in wait" in done.stderr  # the frame it hung in
     assert killed == -signal.SIGKILL
+
+
+COMMANDS_UNDER_NOHUP = {
+    # a training run long enough to be stopped in its epochs
+    "python -m trainers.train": lambda model, data, out: [
+        "-m", "trainers.train", "--model", model, "--data", data, "--group_column", "source",
+        "--epochs", "100", "--max_seq_length", "32", "--eval_size", "60",
+        "--eval_max_queries", "null", "--max_pairs", "null", "--output_dir", out,
+    ],
+    # a benchmark: eval_speed as the README runs it (the bundled MiniLM: minutes of encoding)
+    "python benchmarks/eval_speed.py": lambda model, data, out: [
+        "benchmarks/eval_speed.py", "--results-dir", out,
+    ],
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS_UNDER_NOHUP))
+def test_commands_stop_on_sigint_inherited_as_ignored(
+    command, tiny_model_path, debian_sample_file, tmp_path
+):
+    """`nohup python -m trainers.train ... &` (or a CI script's `&`) starts the command with
+    SIGINT ignored; kill -INT must still stop it, through its clean-up, with exit code 130."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    argv = COMMANDS_UNDER_NOHUP[command](
+        str(tiny_model_path), str(debian_sample_file), str(tmp_path)
+    )
+    proc = subprocess.Popen(
+        [sys.executable, *argv],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    try:
+        time.sleep(8)  # into its work (imports, model, data): past the interpreter's own start
+        assert proc.poll() is None, f"{command} ended before the signal:\n{proc.stdout.read()}"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=30)
+        took = time.monotonic() - sent
+    finally:
+        proc.kill()
+    output = proc.stdout.read()
+    assert code == 130, f"{command} exit {code}:\n{output[-3000:]}"
+    assert "stopped by SIGINT" in output
+    assert took < 15
