@@ -65,6 +65,7 @@ class Verdict:
     test_task: str = ""
     guard_task: str = ""
     backends: dict[str, Any] = field(default_factory=dict)  # the ONNX gate's record
+    data: dict[str, Any] = field(default_factory=dict)  # the split's fingerprint (trainers.data)
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -86,6 +87,7 @@ def finish(
     try:
         base_config = config.train
         split = _split(base_config)
+        verdict.data = split.fingerprint
         if split.test:
             test = test_task(base_config, split)
             verdict.test_task = test.describe()

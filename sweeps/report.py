@@ -24,6 +24,7 @@ from sweeps.search import choose_sampler
 from sweeps.space import optuna_distributions
 from sweeps.trainable import OBJECTIVE, SELECTION
 from trainers.backends import gate_table
+from trainers.data import describe_source
 
 logger = logging.getLogger(__name__)
 
@@ -398,6 +399,8 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
             f"{step} {seconds / 60:.1f} min" for step, seconds in verdict.seconds.items()
         )
         lines.append(f"- **After the trials:** {steps}.")
+    if verdict.data:
+        lines += ["", "## Data", "", *data_lines(config, verdict.data)]
     lines += [
         "",
         "## Held-out test split",
@@ -454,6 +457,22 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
     return lines
 
 
+def data_lines(config: SweepConfig, seen: dict[str, Any]) -> list[str]:
+    """The data fingerprint: what was read, and each split's pairs and hash. Two reports were
+    scored on the same splits only if these hashes match (trainers.data.compare)."""
+    lines = [f"Source: {describe_source(seen)}; {seen['pairs']} pairs, seed {seen['seed']}.", ""]
+    lines += ["| split | pairs | sha256 of its pairs |", "|---|---:|---|"]
+    lines += [f"| {n} | {p['pairs']} | `{p['sha256']}` |" for n, p in seen["splits"].items()]
+    if "file" not in seen["origin"]:
+        lines += [
+            "",
+            f"The source changes over time; this run's pairs are in `runs/{config.name}/data/"
+            f"pairs.jsonl`. `--data runs/{config.name}/data/pairs.jsonl --group_column group` "
+            "reproduces these splits on any machine.",
+        ]
+    return lines
+
+
 def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: dict) -> None:
     """metrics.json and the model card's test and backend tables in the exported folder (its
     matryoshka.json, with the dims and the backends' gate, was written with it)."""
@@ -476,6 +495,7 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: di
                 "test": verdict.test,
                 "guard": verdict.guard,
                 "backends": verdict.backends,
+                "data": verdict.data,
                 "finish_seconds": verdict.seconds,
                 "final": exported,
             },

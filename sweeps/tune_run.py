@@ -169,6 +169,7 @@ def run_sweep(
     out = local_dir(config)
     path = sweep_dir(config)
     configure_wandb_mode(config)
+    pin_data(config, out)
     # The trainer's imports (torch, sentence-transformers: 5.4 s here), which the trainable and
     # the baseline task below need, run while Ray starts (4.7 s): launch to the baseline's start
     # went from 12.0 s to 9.5 s on 2 cores.
@@ -226,6 +227,18 @@ def run_sweep(
             summary, text=f"{summary.text}\nin storage: {path}/best (and the report)"
         )
     return summary
+
+
+def pin_data(config: SweepConfig, out: Path) -> None:
+    """The pairs this sweep reads, in ``runs/<name>/data/pairs.jsonl``: the default data set is
+    rebuilt from the day's package lists and a hub data set can change, so the run's own copy
+    is what reproduces its splits elsewhere (the report says how). A file is its own record."""
+    from trainers.data import BUILT_IN, save_pairs
+
+    target = out / "data" / "pairs.jsonl"
+    source = config.train.data
+    if (source in BUILT_IN or not Path(source).expanduser().is_file()) and not target.is_file():
+        save_pairs(config.train, target)
 
 
 def run_finish(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -301,6 +302,40 @@ def compare(a: dict[str, Any] | None, b: dict[str, Any] | None) -> str:
     if not differ:
         return "the splits match (same pairs in train, validation and test)"
     return "the splits differ: " + ", ".join(differ)
+
+
+def describe_source(seen: dict[str, Any]) -> str:
+    """A fingerprint's source in words: the package lists' suites and dates, a file's hash."""
+    where = seen["origin"]
+    if "releases" in where:
+        dated = ", ".join(f"{r.get('codename')} {r.get('date')}" for r in where["releases"])
+        return f"{seen['source']} (package lists fetched {where.get('fetched')}: {dated})"
+    if "file" in where:
+        return f"{where['file']} (sha256 {where['sha256']})"
+    return seen["source"]
+
+
+def describe_fingerprint(seen: dict[str, Any]) -> str:
+    """One line for a console or a report: source, lists' dates, each split's count and hash."""
+    splits = ", ".join(
+        f"{name} {part['pairs']} pairs sha256 {part['sha256']}"
+        for name, part in seen["splits"].items()
+    )
+    return f"{describe_source(seen)}; {seen['pairs']} pairs, seed {seen['seed']}: {splits}"
+
+
+def save_pairs(config: PairsSource, path: Path) -> Path:
+    """Write every usable pair of ``config``'s source to ``path`` (JSONL: anchor, positive,
+    group), so that another machine or day reproduces the same splits with
+    ``--data PATH --group_column group`` (the default data set changes with the package
+    lists; this file does not)."""
+    pairs, _ = load_pairs(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = ({"anchor": p.query, "positive": p.passage, "group": p.group} for p in pairs)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
+    return path
 
 
 def origin(config: PairsSource) -> dict[str, Any]:

@@ -30,7 +30,7 @@ from trainers import cli
 from trainers import config as config_lib
 from trainers import evaluate as evaluation
 from trainers.config import TrainConfig
-from trainers.data import load_split
+from trainers.data import describe_fingerprint, load_split
 from trainers.errors import ConfigError
 from trainers.evaluate import validation_task
 from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
@@ -56,6 +56,7 @@ class TrainResult:
     eval_queries: int = 0
     eval_corpus: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    data: dict[str, Any] = field(default_factory=dict)  # the split's fingerprint (trainers.data)
     seconds: float = 0.0
     # Wall-clock (time.time()) of the first training step, and the seconds spent in training
     # epochs (data loading and steps, not evaluation or saving): what a benchmark of sweep
@@ -315,6 +316,7 @@ def train(
         eval_queries=len(evaluator.queries),
         eval_corpus=len(evaluator.corpus),
         dropped=split.dropped,
+        data=split.fingerprint,
         config=config.to_dict(),
     )
 
@@ -431,6 +433,7 @@ def _main(argv: list[str]) -> int:
         f"against {result.eval_corpus} passages; {result.seconds / 60:.1f} min"
     )
     print(format_table(result))
+    print(f"\ndata: {describe_fingerprint(result.data)}")
     print(f"\nmodel: {result.output_dir}  (metrics.json and README.md model card inside)")
     return 0
 

@@ -157,3 +157,17 @@ def test_the_fingerprint_names_the_source_and_each_split(tmp_path):
     other = load_split(_config(path, group_column="doc", test_size=0.2, seed=7)).fingerprint
     assert compare(first, other).startswith("the splits differ: train")
     assert "cannot tell" in compare(first, None)
+
+
+def test_a_runs_pairs_file_reproduces_its_debian_splits(debian_pairs, tmp_path):
+    """What a sweep pins (runs/<name>/data/pairs.jsonl), read back as --data with --group_column
+    group, gives the very splits the built-in set gave: the way to share them."""
+    from trainers.data import compare, save_pairs
+
+    sizes = dict(eval_size=1000, test_size=1000, max_pairs=500)
+    built_in = load_split(TrainConfig(**sizes))
+    assert built_in.fingerprint["origin"]["releases"], "the package lists' suites and dates"
+    path = save_pairs(TrainConfig(), tmp_path / "data" / "pairs.jsonl")
+    again = load_split(TrainConfig(data=str(path), group_column="group", **sizes))
+    assert compare(built_in.fingerprint, again.fingerprint).startswith("the splits match")
+    assert again.train == built_in.train  # the capped training pairs too
