@@ -12,6 +12,7 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -182,13 +183,23 @@ def markdown_table(
     return "\n".join(lines) + "\n"
 
 
-def write_results(results_dir: str | Path, name: str, title: str, body: str) -> Path:
-    """Write ``<results_dir>/<name>.md`` with the command line that produced it."""
+def write_results(
+    results_dir: str | Path,
+    name: str,
+    title: str,
+    body: str,
+    data: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``<results_dir>/<name>.md`` with the command line that produced it, and the data
+    fingerprint (trainers.data) of the pairs it measured on, where it read any."""
+    from trainers.data import describe_fingerprint
+
     command = "python " + " ".join([os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])
     minutes = (time.perf_counter() - STARTED) / 60
     contention = CONTENTION.summary() if CONTENTION is not None else ""
+    seen = f"- data: {describe_fingerprint(data)}\n" if data else ""
     text = (
-        f"# {title}\n\n{environment()}- command: `{command}`\n"
+        f"# {title}\n\n{environment()}- command: `{command}`\n{seen}"
         f"- wall time of the whole benchmark: {minutes:.1f} min\n{contention}\n{body.rstrip()}\n"
     )
     path = Path(results_dir) / f"{name}.md"

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval_speed",
         "Evaluation speed: encode once vs per-dim re-encode",
         body,
+        data=split.fingerprint,
     )
     return 0 if max_diff <= 1e-6 else 1
 

@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     config, seed_test, seed_seconds, seed_result = seed_at_budget(record, Path(tmp.name))
     body = report(args, sweep, record, config, seed_test, seed_seconds, seed_result)
     write_results(
-        results_dir(args, tmp.name), "quality", "Quality: the pipeline vs the seed recipe", body
+        results_dir(args, tmp.name),
+        "quality",
+        "Quality: the pipeline vs the seed recipe",
+        body,
+        data=record.get("data"),
     )
     return 0
 

@@ -227,6 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         "throughput-gpu" if cuda else "throughput",
         "Trial throughput: training pairs/s",
         body,
+        data=result.data,
     )
     return 0
 

@@ -105,6 +105,30 @@ def trial_pids_by_node() -> dict[int, int]:
     return found
 
 
+def checkpointed_trial_in_mid_run(out: Path) -> tuple[int, int, str, int] | None:
+    """(pid, its raylet, trial folder, epochs logged) of a trial running on a worker node
+    whose last logged epoch has its checkpoint in the trial folder and which has epochs left.
+
+    A trial process's working directory is Tune's working_dirs/trial_<id> (Ray's
+    RAY_CHDIR_TO_TRIAL_DIR default), which says which trial it runs now."""
+    for pid, raylet in trial_pids_by_node().items():
+        try:
+            trial = Path(os.readlink(f"/proc/{pid}/cwd")).name
+        except OSError:
+            continue
+        result = out / trial / "result.json"
+        if not trial.startswith("trial_") or not result.is_file():
+            continue
+        logged = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        if not logged or logged[-1].get("final_epoch") or logged[-1].get("done"):
+            continue
+        epochs = len(logged)
+        # Tune names a trial's checkpoints by report index: the last epoch's is epochs - 1.
+        if (out / trial / f"checkpoint_{epochs - 1:06d}").is_dir():
+            return pid, raylet, trial, epochs
+    return None
+
+
 def kill_tree(root: int) -> None:
     children: dict[int, list[int]] = {}
     for proc in Path("/proc").iterdir():
@@ -225,20 +249,17 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
         command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     killed = None
+    out = root / "sweeps" / "fake-smoke"
     try:
-        # Kill the node of a trial in mid-run: one whose process has been training for 5 s (a
-        # smoke trial takes 15 s or more). Not "the first checkpoint": that may be a trial's last.
-        first_seen: dict[int, float] = {}
+        # Kill the node of a trial in mid-run, once Tune has persisted the checkpoint of its
+        # last reported epoch and it has epochs left (a reclaimed spot instance): its retry
+        # must go on from that epoch, not start over.
         deadline = time.monotonic() + 600
         while sweep.poll() is None and time.monotonic() < deadline:
-            if killed is None:
-                running = trial_pids_by_node()
-                for trial, raylet in running.items():
-                    first_seen.setdefault(trial, time.monotonic())
-                    if time.monotonic() - first_seen[trial] >= 5:
-                        kill_tree(raylet)
-                        killed = (round(time.monotonic() - started, 1), trial, raylet)
-                        break
+            if killed is None and (target := checkpointed_trial_in_mid_run(out)) is not None:
+                pid, raylet, trial, epochs = target
+                kill_tree(raylet)
+                killed = (round(time.monotonic() - started, 1), trial, epochs)
             time.sleep(0.5)
         assert sweep.poll() is not None, "the sweep did not finish in 10 minutes"
     finally:
@@ -251,24 +272,29 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
     assert killed is not None, "no trial was ever seen running on a worker node"
 
     # Every trial ended (completed, stopped by ASHA, or failed after its retry): none is lost.
-    out = root / "sweeps" / "fake-smoke"
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["trial"] for r in rows].count("refit") == 1, rows
     rows = [r for r in rows if r["trial"] != "refit"]
     assert len(rows) == 3, rows
     assert (out / "best" / "model.safetensors").is_file()
-    # The killed node's trial hit an error (Tune keeps it in the trial folder) and was then
-    # retried from its checkpoint (max_failures: 1) or recorded as failed: never left hanging.
-    errors = {
-        t.trial_id: (out / f"trial_{t.trial_id}" / "error.txt").read_text()
-        for t in sweeps.trial_results(out)
-        if t.failed_once
-    }
-    assert errors, "no trial saw the node die"
-    assert all(r["status"] for r in rows)
-    outcome = {r["trial"]: r["status"] for r in rows}
-    retried = {name: outcome.get(name, "?") for name in errors}
+    # The killed node's trial hit an error (Tune keeps it in the trial folder), was retried
+    # (max_failures: 1) and went on from its checkpoint: the first epoch it logged after the
+    # kill is the one after its checkpointed epoch, not epoch 1 again.
+    _, trial, epochs_at_kill = killed
+    reports = {t.trial_id: t for t in sweeps.trial_results(out)}
+    victim = reports[trial.removeprefix("trial_")]
+    error = (out / trial / "error.txt").read_text()
+    assert victim.failed_once, f"{trial} saw no error from its node's death"
+    resumed = victim.epochs_logged[epochs_at_kill:]
+    assert resumed, f"{trial} logged nothing after the kill at epoch {epochs_at_kill}"
+    assert resumed[0] == epochs_at_kill + 1, (
+        f"{trial} logged epochs {victim.epochs_logged}: after the kill at epoch "
+        f"{epochs_at_kill} it should have resumed at {epochs_at_kill + 1}"
+    )
+    status = {r["trial"]: r["status"] for r in rows}[victim.trial_id]
+    assert status.startswith(("completed", "stopped by ASHA")), f"{trial}: {status}"
+    retried = {trial: {"status": status, "epochs_logged": victim.epochs_logged}}
 
     # Scale down: the workers idle out (idle_timeout_minutes) after the sweep.
     deadline = time.monotonic() + 120
@@ -286,7 +312,7 @@ def test_workers_scale_up_for_trials_survive_a_node_death_and_scale_down(fake_cl
         "max_nodes": most,
         "node_count_changes": [(t, n) for t, n, _ in timeline],
         "trials_with_node_error": retried,
-        "error": next(iter(errors.values())).strip().splitlines()[-1][:200],
+        "error": error.strip().splitlines()[-1][:200],
     }
     print("\nautoscaling:", json.dumps(summary))
     (root / "summary.json").write_text(json.dumps(summary))
