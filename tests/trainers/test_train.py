@@ -153,21 +153,32 @@ def test_cli_rejects_bad_keys_before_loading_anything(capsys):
     assert "batch_size=0" in capsys.readouterr().err
 
 
+# Run-to-run spread of this config's gain (fine-tuned - base validation MAP@100, mean over the
+# 4 dims), measured over seeds 1-5 (each seed: its own split, sample and initial order): 0.0182,
+# 0.0369, 0.0380, 0.0348, 0.0345, mean 0.0325, sd 0.0083; every dim gained in every run (the
+# smallest: +0.0080). The bar is the mean less 2.5 sd.
+MIN_MEAN_GAIN = 0.0325 - 2.5 * 0.0083
+
+
 @pytest.mark.slow
-def test_bundled_minilm_trains_on_real_debian_pairs_and_reloads(tmp_path):
+def test_bundled_minilm_trains_on_real_debian_pairs_and_improves_retrieval(tmp_path):
     config = TrainConfig(
         output_dir=str(tmp_path / "minilm"),
-        max_pairs=96,
+        max_pairs=640,
         batch_size=32,
-        eval_size=300,
-        eval_max_queries=100,
+        epochs=1,
+        eval_size=1000,
+        eval_max_queries=400,
         max_seq_length=64,
-        learning_rate=5e-5,
+        learning_rate=1e-4,
     )
     result = train(config)
-    for dim in config.matryoshka_dims:
-        assert result.baseline[f"dim_{dim}_cosine_map@100"] > 0.3
-        assert result.final[f"dim_{dim}_cosine_map@100"] > 0.3
+    gains = {
+        d: result.final[f"dim_{d}_cosine_map@100"] - result.baseline[f"dim_{d}_cosine_map@100"]
+        for d in config.matryoshka_dims
+    }
+    assert all(gain > 0 for gain in gains.values()), f"a dim lost: {gains}"
+    assert sum(gains.values()) / len(gains) >= MIN_MEAN_GAIN, gains
     # The saved folder is the model that was scored: re-evaluating it reproduces the numbers.
     from trainers.data import ir_task, load_split
     from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
