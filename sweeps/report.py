@@ -24,7 +24,7 @@ from sweeps.search import choose_sampler
 from sweeps.space import optuna_distributions
 from sweeps.trainable import OBJECTIVE, SELECTION
 from trainers.backends import gate_table
-from trainers.data import describe_source
+from trainers.data import describe_fingerprint, describe_source
 
 logger = logging.getLogger(__name__)
 
@@ -552,6 +552,8 @@ def export(
         plot_importance(imp, out / "importance.png")
     report = write_report(config, rows, best_row, verdict, imp, out)
     text = [f"report:     {report}", f"results:    {out / 'results.csv'}"]
+    if verdict is not None and verdict.data:
+        text.append(f"data:       {describe_fingerprint(verdict.data)}")
     if best_dir is not None:
         text.append(f"best model: {best_dir}  ({verdict.exported})")
         if (Path(__file__).resolve().parents[1] / "serve" / "app.py").is_file():

@@ -72,7 +72,16 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     kept = "refit" if validation["refit"] > validation["best trial"] else "best trial"
     assert metrics["exported"].startswith(kept), (metrics["exported"], validation)
     assert {"torch", "onnx", "onnx-int8"} <= set(metrics["backends"])
+    # A smoke sweep's validation has ~60 queries: too few for the gate to decide.
+    assert "under the 200 needed" in metrics["backends"]["undecided"]
+    assert not metrics["backends"]["onnx-int8"]["gated"]
     assert (best / "onnx" / "model.onnx").is_file()
+    # What it read: the fingerprint in metrics.json and the report, and the pinned pairs.
+    seen = metrics["data"]
+    assert seen["source"] == "debian" and seen["origin"]["releases"]
+    assert "## Data" in report and seen["splits"]["test"]["sha256"] in report
+    pinned = out / "data" / "pairs.jsonl"
+    assert sum(1 for _ in pinned.open()) == seen["pairs"]
     assert json.loads((best / "matryoshka.json").read_text())["dims"] == [384, 128, 64]
     assert "held-out test split" in (best / "README.md").read_text()
 
