@@ -5,6 +5,11 @@ data set id (only then is the network used). Columns are mapped with ``query_col
 ``passage_column`` (the seed models used anchor/positive, positive/anchor and
 sentence_0/sentence_1). Empty rows and exact duplicates are dropped and counted; a missing
 column or too few pairs is an error that names the fix.
+
+Every split carries a fingerprint of what was read and how it was split; two runs used the
+same pairs only if their splits' hashes match:
+
+    python -m trainers.data compare runs/local runs/try2     # exit 0 if the splits match
 """
 
 from __future__ import annotations
@@ -377,3 +382,32 @@ def ir_task(
         relevant = {qid: relevant[qid] for qid in keep}
     corpus = {cid: text for text, cid in corpus_ids.items()}
     return queries, corpus, relevant
+
+
+def read_fingerprint(path: str | Path) -> dict[str, Any] | None:
+    """The data fingerprint of a run: a sweep folder (runs/<name>), a model folder or a
+    metrics.json (a trainers run's or an export's)."""
+    path = Path(path)
+    for candidate in (path, path / "metrics.json", path / "best" / "metrics.json"):
+        if candidate.is_file():
+            return json.loads(candidate.read_text()).get("data")
+    raise DataError(f"{path}: no metrics.json there (a sweep folder, a model folder or the file)")
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "compare":
+        raise DataError("usage: python -m trainers.data compare RUN_A RUN_B")
+    a, b = read_fingerprint(argv[1]), read_fingerprint(argv[2])
+    for name, seen in ((argv[1], a), (argv[2], b)):
+        print(f"{name}: {describe_fingerprint(seen) if seen else 'no data fingerprint'}")
+    verdict = compare(a, b)
+    print(verdict)
+    return 0 if verdict.startswith("the splits match") else 1
+
+
+if __name__ == "__main__":
+    import sys
+
+    from trainers import cli
+
+    sys.exit(cli.run(_main))

@@ -171,3 +171,19 @@ def test_a_runs_pairs_file_reproduces_its_debian_splits(debian_pairs, tmp_path):
     again = load_split(TrainConfig(data=str(path), group_column="group", **sizes))
     assert compare(built_in.fingerprint, again.fingerprint).startswith("the splits match")
     assert again.train == built_in.train  # the capped training pairs too
+
+
+def test_compare_command_says_whether_two_runs_used_the_same_splits(tmp_path, capsys):
+    from trainers import cli, data
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in _rows(200)))
+    for name, seed in (("a", 1), ("b", 1), ("c", 2)):
+        seen = load_split(_config(path, group_column="doc", seed=seed)).fingerprint
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"data": seen}))
+    assert cli.run(data._main, ["compare", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    assert "the splits match" in capsys.readouterr().out
+    assert cli.run(data._main, ["compare", str(tmp_path / "a"), str(tmp_path / "c")]) == 1
+    assert "the splits differ: train" in capsys.readouterr().out
+    assert cli.run(data._main, ["compare", str(tmp_path / "a")]) == 2
