@@ -434,7 +434,14 @@ def main(argv: list[str] | None = None) -> int:
         stop()
     table, figures = tables(results, ours)
     body = report(args, folder, ours, table, figures, comparison, list(targets))
-    write_results(results_dir(args, work), "serving", "Serving: ours vs infinity-emb", body)
+    from trainers.config import TrainConfig
+    from trainers.data import load_split
+
+    # The gate's pairs and the load's texts come from the default Debian set.
+    seen = load_split(TrainConfig()).fingerprint
+    write_results(
+        results_dir(args, work), "serving", "Serving: ours vs infinity-emb", body, data=seen
+    )
     return 0
 
 

@@ -302,11 +302,14 @@ def main(argv: list[str] | None = None) -> int:
     tmp = tempfile.TemporaryDirectory()
     ratio_text, _ = ratio_part(args, Path(tmp.name))
     startup_text = first_step_part(args, Path(tmp.name))
+    from trainers.data import load_split
+
     write_results(
         results_dir(args, tmp.name),
         "sweep_overhead",
         "Sweep overhead: Tune trial vs direct, and start-up",
         ratio_text + "\n" + startup_text,
+        data=load_split(overhead_config(args, Path(tmp.name)).train).fingerprint,
     )
     return 0
 
