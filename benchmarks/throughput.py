@@ -5,12 +5,12 @@
     python benchmarks/throughput.py --smoke      # tiny random model, seconds (CI runs this)
 
 It runs trainers.train with trainers/configs/default.yaml (batch 32, 128 tokens, MatryoshkaLoss
-over MNRL at 4 dims, precision auto: fp32 on a CPU, bf16 + TF32 + fused AdamW on a CUDA GPU) for
-one epoch of --pairs pairs, and reads the trainer's own timing of its training epochs
-(``train_seconds``: data loading, forward, backward and optimizer steps; no evaluation, no
-saving). Side by side in the same run: the same pairs encoded by the model (no gradients), and,
-on a CPU, training with a single torch thread, which is what each trial of the default sweep
-gets (cpus_per_trial: 1).
+over MNRL at 4 dims, precision auto: fp32 on a CPU; on a CUDA GPU fp32 + TF32, bf16 above 150M
+parameters, and fused AdamW) for one epoch of --pairs pairs, and reads the trainer's own timing
+of its training epochs (``train_seconds``: data loading, forward, backward and optimizer steps;
+no evaluation, no saving). Side by side in the same run: the same pairs encoded by the model
+(no gradients), and, on a CPU, training with a single torch thread, which is what each trial of
+the default sweep gets (cpus_per_trial: 1).
 
 On a CUDA machine it writes results/throughput-gpu.md instead, trains 20,000 pairs by default,
 and adds side by side: fp32 (with TF32), fp16, batch 128 in bf16 and in fp32, and no DataLoader

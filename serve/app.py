@@ -186,7 +186,7 @@ def replica_cpus() -> int:
 
     try:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
-    except Exception:  # noqa: BLE001 - outside a Ray worker (tests that build it in-process)
+    except Exception:  # outside a Ray worker (tests that build it in-process)
         cpus = 1.0
     return max(1, round(cpus))
 
@@ -291,7 +291,7 @@ class EmbeddingService:
             return err.kind.status, orjson.dumps(err.body()), err.headers()
         except ConnectionError:
             raise  # the client left: nothing to answer (the caller drops it)
-        except Exception as err:  # noqa: BLE001 - a bug: logged, answered like _unexpected
+        except Exception as err:  # a bug: logged, answered like _unexpected
             logger.exception("unexpected error in POST %s", EmbeddingsFastPath.ROUTE)
             body = APIError(ErrorKind.INTERNAL, f"internal error: {type(err).__name__}").body()
             return 500, orjson.dumps(body), {}
@@ -416,7 +416,7 @@ class HealthService:
             handle = serve.get_app_handle(self.args.app)
             try:
                 probe = await asyncio.wait_for(handle.probe.remote(), self.args.ready_timeout_s)
-            except Exception as err:  # noqa: BLE001 - any failure means "not ready", said why
+            except Exception as err:  # any failure means "not ready", said why
                 return error_response(
                     APIError(
                         ErrorKind.UNAVAILABLE, f"{self.args.name}: encoding failed: {err!r}"[:300]

@@ -216,7 +216,7 @@ def _tag(api, path: str, tag: str) -> None:
         if tag not in run.tags:
             run.tags = [*run.tags, tag]
             run.update()
-    except Exception as err:  # noqa: BLE001 - a missing tag must not fail a finished sweep
+    except Exception as err:  # a missing tag must not fail a finished sweep
         logger.warning("W&B: could not tag %s %r: %s", path, tag, err)
 
 
@@ -281,6 +281,6 @@ def _existing_sweep(api, entity: str, project: str, spec: dict) -> str | None:
         for sweep in api.project(project, entity).sweeps():
             if sweep.name == spec["name"]:
                 return sweep.id
-    except Exception:  # noqa: BLE001 - a project without sweeps
+    except Exception:  # a project without sweeps
         return None
     return None

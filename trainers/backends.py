@@ -102,7 +102,7 @@ def _load(folder: Path):
 
     try:
         return load_model(str(folder), device="cpu").eval()
-    except Exception as err:  # noqa: BLE001 - any load failure means "not a usable model"
+    except Exception as err:  # any load failure means "not a usable model"
         raise ModelError(f"{folder}: not a loadable sentence-transformers model: {err}") from None
 
 
