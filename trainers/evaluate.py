@@ -76,3 +76,20 @@ def evaluator(task: Task, config: TrainConfig, progress: bool = False):
 def evaluate(model: SentenceTransformer, task: Task, config: TrainConfig) -> dict[str, float]:
     """``model``'s metrics on ``task`` at every dim: {"dim_64_cosine_map@100": ..., ...}."""
     return evaluator(task, config)(model)
+
+
+def paired_bootstrap(
+    a, b, resamples: int = 2000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float, float]:
+    """The mean of ``a - b`` (per-query values of two models on the same queries, in the same
+    order) and its ``level`` percentile interval from ``resamples`` seeded resamples of the
+    queries: (difference, low, high). Paired, so what both models find hard cancels out."""
+    import numpy as np
+
+    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    if diff.ndim != 1 or not len(diff):
+        raise ValueError(f"need two equal-length, non-empty per-query arrays, got {diff.shape}")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(diff.mean()), float(low), float(high)

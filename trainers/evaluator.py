@@ -112,6 +112,51 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
             self.score_function_names = sorted(self.score_functions)
         return self._score(model, tensor(queries), tensor(corpus), card=False)
 
+    def average_precision(self, model: SentenceTransformer, k: int = 100) -> dict[int, Any]:
+        """Each query's AP@k at every dim, from one encode: {dim: array in ``queries_ids``
+        order}, whose mean is the ``dim_<d>_cosine_map@<k>`` metric (a test holds them equal).
+        What a paired bootstrap over queries resamples (trainers.evaluate.paired_bootstrap)."""
+        import numpy as np
+        import torch
+
+        queries = torch.as_tensor(
+            self.embed_inputs(
+                model,
+                self.queries,
+                encode_fn_name="query",
+                prompt_name=self.query_prompt_name,
+                prompt=self.query_prompt,
+            )
+        ).float()
+        corpus = torch.as_tensor(
+            self.embed_inputs(
+                model,
+                self.corpus,
+                encode_fn_name="document",
+                prompt_name=self.corpus_prompt_name,
+                prompt=self.corpus_prompt,
+            )
+        ).float()
+        position = {cid: i for i, cid in enumerate(self.corpus_ids)}
+        relevant = [{position[c] for c in self.relevant_docs[q]} for q in self.queries_ids]
+        result = {}
+        for dim in self.matryoshka_dims:
+            q = torch.nn.functional.normalize(queries[:, :dim], dim=1)
+            c = torch.nn.functional.normalize(corpus[:, :dim], dim=1)
+            values = np.zeros(len(relevant))
+            for start in range(0, len(relevant), 256):  # bounded memory: 256 rows of scores
+                top = torch.topk(q[start : start + 256] @ c.T, min(k, len(c)), dim=1).indices
+                for row, hits in enumerate(top.tolist()):
+                    wanted = relevant[start + row]
+                    found, total = 0, 0.0
+                    for rank, hit in enumerate(hits):
+                        if hit in wanted:
+                            found += 1
+                            total += found / (rank + 1)
+                    values[start + row] = total / min(k, len(wanted))
+            result[dim] = values
+        return result
+
     def _score(self, model, queries, corpus, epoch=-1, steps=-1, card=True) -> dict[str, float]:
         metrics: dict[str, float] = {}
         try:

@@ -108,3 +108,38 @@ def test_objective_must_exist_and_dims_must_fit(tiny_model_path):
         MatryoshkaInformationRetrievalEvaluator(*args, matryoshka_dims=[512])(model)
     with pytest.raises(ValueError, match="0 queries and 0 corpus texts.*empty"):
         MatryoshkaInformationRetrievalEvaluator({}, {}, {}, matryoshka_dims=[64])
+
+
+def test_per_query_average_precision_is_what_map_averages(tiny_model_path, debian_sample_file):
+    """The per-query AP@100 a bootstrap resamples has the evaluator's MAP@100 as its mean."""
+    from sentence_transformers import SentenceTransformer
+
+    from trainers.config import TrainConfig
+    from trainers.evaluate import evaluator, pairs_task
+
+    config = TrainConfig(data=str(debian_sample_file), group_column="source")
+    config = config.replace(matryoshka_dims=(384, 128, 64))
+    task = pairs_task(config, 400, 150, seed=0)
+    scorer = evaluator(task, config)
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    metrics = scorer(model)
+    per_query = scorer.average_precision(model)
+    for dim in (384, 128, 64):
+        assert len(per_query[dim]) == 150
+        assert per_query[dim].mean() == pytest.approx(
+            metrics[f"dim_{dim}_cosine_map@100"], abs=1e-6
+        )
+
+
+def test_a_paired_bootstrap_of_a_model_against_itself_contains_zero():
+    import numpy as np
+
+    from trainers.evaluate import paired_bootstrap
+
+    scores = np.random.default_rng(1).random(500)
+    assert paired_bootstrap(scores, scores) == (0.0, 0.0, 0.0)
+    # A real difference: +0.05 on every query but noisy; the interval holds it, not zero.
+    other = scores - 0.05 + np.random.default_rng(2).normal(0, 0.1, 500)
+    diff, low, high = paired_bootstrap(scores, other, seed=3)
+    assert low < diff < high and low > 0 and low < 0.05 < high
+    assert paired_bootstrap(scores, other, seed=3) == (diff, low, high)  # seeded
