@@ -53,7 +53,7 @@ BACKENDS = ("torch", "onnx", "onnx-int8")
 DEFAULT_TOLERANCE = 0.005  # MAP@100 a backend may lose against torch fp32 at any dim
 # Below this, one query is 1/n of MAP@100: at 63 queries (a smoke sweep's validation) a single
 # query whose relevant passage falls from rank 1 to 2 moves it by 0.008, more than the
-# tolerance, so the verdict would be luck. (A sweep's default validation has 1,000.)
+# tolerance, so the verdict would be luck. (The default sweep gates on 300 validation queries.)
 MIN_GATE_QUERIES = 200
 OPSET = 17
 CHECK_TEXTS = [
