@@ -157,10 +157,11 @@ def _main(argv: list[str]) -> int:
     config = load_config(args, extra)
     check_model_dims(config)
     check_storage(config)
-    from trainers.data import load_split
+    from trainers.data import describe_fingerprint, load_split
 
     # Fails fast on bad data (and builds the Debian cache once, not in every trial).
-    load_split(config.train)
+    split = load_split(config.train)
+    print(f"data: {describe_fingerprint(split.fingerprint)}", flush=True)
     try:
         summary = sweeps.run_sweep(
             config, resume=args.resume, address=args.address, stop_deadline_s=STOP_DEADLINE_S
