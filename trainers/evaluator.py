@@ -118,6 +118,7 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
         What a paired bootstrap over queries resamples (trainers.evaluate.paired_bootstrap)."""
         import numpy as np
         import torch
+        from sentence_transformers.util import cos_sim
 
         queries = torch.as_tensor(
             self.embed_inputs(
@@ -139,21 +140,25 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
         ).float()
         position = {cid: i for i, cid in enumerate(self.corpus_ids)}
         relevant = [{position[c] for c in self.relevant_docs[q]} for q in self.queries_ids]
+        # Ties (passages that encode alike, e.g. the same first max_seq_length tokens) break
+        # as sentence-transformers breaks them, by ascending corpus id: else a tied relevant
+        # passage's rank, and MAP, would depend on how the sort happened to order it.
+        id_order = np.empty(len(self.corpus_ids), dtype=np.int64)
+        id_order[np.argsort(np.array(self.corpus_ids, dtype=object), kind="stable")] = np.arange(
+            len(self.corpus_ids)
+        )
         result = {}
         for dim in self.matryoshka_dims:
-            q = torch.nn.functional.normalize(queries[:, :dim], dim=1)
-            c = torch.nn.functional.normalize(corpus[:, :dim], dim=1)
+            scores = cos_sim(queries[:, :dim], corpus[:, :dim]).numpy()
             values = np.zeros(len(relevant))
-            for start in range(0, len(relevant), 256):  # bounded memory: 256 rows of scores
-                top = torch.topk(q[start : start + 256] @ c.T, min(k, len(c)), dim=1).indices
-                for row, hits in enumerate(top.tolist()):
-                    wanted = relevant[start + row]
-                    found, total = 0, 0.0
-                    for rank, hit in enumerate(hits):
-                        if hit in wanted:
-                            found += 1
-                            total += found / (rank + 1)
-                    values[start + row] = total / min(k, len(wanted))
+            for row, wanted in enumerate(relevant):
+                hits = np.lexsort((id_order, -scores[row]))[:k]
+                found, total = 0, 0.0
+                for rank, hit in enumerate(hits):
+                    if hit in wanted:
+                        found += 1
+                        total += found / (rank + 1)
+                values[row] = total / min(k, len(wanted))
             result[dim] = values
         return result
 
