@@ -65,7 +65,7 @@ def test_quality_smoke(tmp_path, smoke_sweep):
     assert "| target | result | figures |" in text
     assert "seed recipe, 4 epochs (authors')" in text and "the splits match" in text
     # The export scored here is the export the sweep scored, on the same split.
-    assert figure(r"differs from the sweep's own by at most ([\d.e+-]+)", text) < 1e-4
+    assert figure(r"differs from the sweep's own by at most (\d\.\de[+-]\d+)", text) < 1e-4
     record = json.loads((sweep / "best" / "metrics.json").read_text())
     dims = [int(d) for d in record["config"]["matryoshka_dims"]]
     for dim in dims:

@@ -111,18 +111,20 @@ def checkpointed_trial_in_mid_run(out: Path) -> tuple[int, int, str, int] | None
 
     A trial process's working directory is Tune's working_dirs/trial_<id> (Ray's
     RAY_CHDIR_TO_TRIAL_DIR default), which says which trial it runs now."""
+    if not out.is_dir():
+        return None
+    trials = {f"trial_{t.trial_id}": t for t in sweeps.trial_results(out)}
     for pid, raylet in trial_pids_by_node().items():
         try:
             trial = Path(os.readlink(f"/proc/{pid}/cwd")).name
         except OSError:
             continue
-        result = out / trial / "result.json"
-        if not trial.startswith("trial_") or not result.is_file():
+        reports = trials.get(trial)
+        if reports is None or not reports.reports or reports.done:
             continue
-        logged = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
-        if not logged or logged[-1].get("final_epoch") or logged[-1].get("done"):
+        if reports.reports[-1].get("final_epoch"):
             continue
-        epochs = len(logged)
+        epochs = len(reports.epochs_logged)
         # Tune names a trial's checkpoints by report index: the last epoch's is epochs - 1.
         if (out / trial / f"checkpoint_{epochs - 1:06d}").is_dir():
             return pid, raylet, trial, epochs
