@@ -81,20 +81,7 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
         if model_dim is not None:
             check_dims(self.matryoshka_dims, model_dim, "the evaluated model")
 
-        queries = self.embed_inputs(
-            model,
-            self.queries,
-            encode_fn_name="query",
-            prompt_name=self.query_prompt_name,
-            prompt=self.query_prompt,
-        )
-        corpus = self.embed_inputs(
-            model,
-            self.corpus,
-            encode_fn_name="document",
-            prompt_name=self.corpus_prompt_name,
-            prompt=self.corpus_prompt,
-        )
+        queries, corpus = self.encode_full(model)
         return self.prefix_name_to_metrics(
             self._score(model, queries, corpus, epoch, steps, card=True), self.name
         )
@@ -112,6 +99,24 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
             self.score_function_names = sorted(self.score_functions)
         return self._score(model, tensor(queries), tensor(corpus), card=False)
 
+    def encode_full(self, model: SentenceTransformer):
+        """Queries and corpus at full dim, once, with their prompts: what every dim slices."""
+        queries = self.embed_inputs(
+            model,
+            self.queries,
+            encode_fn_name="query",
+            prompt_name=self.query_prompt_name,
+            prompt=self.query_prompt,
+        )
+        corpus = self.embed_inputs(
+            model,
+            self.corpus,
+            encode_fn_name="document",
+            prompt_name=self.corpus_prompt_name,
+            prompt=self.corpus_prompt,
+        )
+        return queries, corpus
+
     def average_precision(self, model: SentenceTransformer, k: int = 100) -> dict[int, Any]:
         """Each query's AP@k at every dim, from one encode: {dim: array in ``queries_ids``
         order}, whose mean is the ``dim_<d>_cosine_map@<k>`` metric (a test holds them equal).
@@ -120,24 +125,7 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
         import torch
         from sentence_transformers.util import cos_sim
 
-        queries = torch.as_tensor(
-            self.embed_inputs(
-                model,
-                self.queries,
-                encode_fn_name="query",
-                prompt_name=self.query_prompt_name,
-                prompt=self.query_prompt,
-            )
-        ).float()
-        corpus = torch.as_tensor(
-            self.embed_inputs(
-                model,
-                self.corpus,
-                encode_fn_name="document",
-                prompt_name=self.corpus_prompt_name,
-                prompt=self.corpus_prompt,
-            )
-        ).float()
+        queries, corpus = (torch.as_tensor(x).float() for x in self.encode_full(model))
         position = {cid: i for i, cid in enumerate(self.corpus_ids)}
         relevant = [{position[c] for c in self.relevant_docs[q]} for q in self.queries_ids]
         # Ties (passages that encode alike, e.g. the same first max_seq_length tokens) break
