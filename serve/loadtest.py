@@ -26,7 +26,7 @@ import statistics
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlparse
 
 from trainers import cli
@@ -42,6 +42,10 @@ class Load:
     latencies_ms: list[float]
     batches: list[float]
     seconds: float
+    # What each "connection error" was (exception and message, and whether the connection had
+    # answered a request before), so a failure says more than its count.
+    errors: Counter[str] = field(default_factory=Counter)
+    replayed: int = 0  # requests resent once on a new connection (Connection.post)
 
     @property
     def ok(self) -> int:
@@ -143,6 +147,10 @@ def sample_texts(n: int, seed: int = 0) -> list[str]:
     return [picked[i % len(picked)]["anchor"] for i in range(n)]
 
 
+class StaleConnection(ConnectionError):
+    """A kept-alive connection closed before the first byte of an answer: safe to resend."""
+
+
 class Connection:
     """One keep-alive HTTP/1.1 connection that posts pre-encoded JSON bodies.
 
@@ -161,17 +169,39 @@ class Connection:
         ).encode()
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
+        self.answered = 0  # responses read on the open connection
+        self.replayed = 0  # requests resent after a kept-alive connection closed unanswered
 
     async def post(self, body: bytes) -> tuple[int, bytes, float | None]:
         """Status, body and the X-Batch-Size header (None when absent).
 
         Raises ConnectionError when the server closes the connection or answers something that
-        is not HTTP; the caller counts it and the next post opens a new connection.
+        is not HTTP; the caller counts it and the next post opens a new connection. One case is
+        resent instead, as HTTP clients do (RFC 9112, 9.3.1): a kept-alive connection that had
+        answered before and closed before the first byte of this answer (a server or proxy may
+        close an idle connection as the next request leaves). Each resend counts in ``replayed``.
         """
+        try:
+            return await self._post(body)
+        except StaleConnection:
+            self.replayed += 1
+            await self.close()
+            return await self._post(body)
+
+    async def _post(self, body: bytes) -> tuple[int, bytes, float | None]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-        self.writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
-        status_line = (await self.reader.readline()).split()
+            self.answered = 0
+        try:
+            self.writer.write(self.head + str(len(body)).encode() + b"\r\n\r\n" + body)
+            first = await self.reader.readline()
+        except ConnectionError as error:
+            if self.answered:
+                raise StaleConnection(f"closed before any answer: {error!r}") from error
+            raise
+        if not first and self.answered:
+            raise StaleConnection("closed before any answer")
+        status_line = first.split()
         if len(status_line) < 2 or not status_line[1].isdigit():
             raise ConnectionError(f"no HTTP status line: {b' '.join(status_line)[:80]!r}")
         status = int(status_line[1])
@@ -196,6 +226,7 @@ class Connection:
             payload = b"".join(parts)
         else:
             payload = await self.reader.readexactly(length)
+        self.answered += 1
         if close:
             await self.close()
         return status, payload, batch
@@ -242,8 +273,10 @@ async def run_load(
                 load.outcomes["timeout"] += 1
                 await connection.close()
                 continue
-            except CONNECTION_ERRORS:
+            except CONNECTION_ERRORS as error:
                 load.outcomes["connection error"] += 1
+                reused = "reused" if connection.answered else "new"
+                load.errors[f"{type(error).__name__} on a {reused} connection: {error}"[:160]] += 1
                 await connection.close()
                 continue
             load.outcomes[str(status)] += 1
@@ -260,6 +293,7 @@ async def run_load(
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for c in connections))
         load.seconds = time.perf_counter() - started
+        load.replayed = sum(c.replayed for c in connections)
         return load
     finally:
         for c in connections:

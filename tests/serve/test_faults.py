@@ -106,8 +106,8 @@ def test_a_replica_killed_under_load_costs_no_request(serve_url, tiny_model_path
     load = asyncio.run(loadtest.run_load(url, ["a text editor"] * 10, 16, 20000, 15.0))
     killer.join()
     assert victims[0].pid not in [p.pid for p in replica_processes("faulty")], "not killed"
-    print("outcomes with a replica killed:", dict(load.outcomes))
-    assert load.ok > 100 and load.failed == 0, dict(load.outcomes)
+    print("outcomes with a replica killed:", dict(load.outcomes), dict(load.errors), load.replayed)
+    assert load.ok > 100 and load.failed == 0, (dict(load.outcomes), dict(load.errors))
     from ray import serve
 
     serve.delete("faulty")

@@ -1,0 +1,60 @@
+"""The load tester's client against a real socket server on 127.0.0.1 that misbehaves on cue."""
+
+from __future__ import annotations
+
+import asyncio
+
+from serve import loadtest
+
+ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+
+
+async def read_request(reader: asyncio.StreamReader) -> bool:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return True
+
+
+async def serve_then(answers_per_connection: int, posts: int) -> tuple[list[object], int, int]:
+    """A server that answers ``answers_per_connection`` requests on each connection, then
+    reads the next one and closes without a byte; the client posts ``posts`` times."""
+    connections = 0
+
+    async def handle(reader, writer):
+        nonlocal connections
+        connections += 1
+        for _ in range(answers_per_connection):
+            await read_request(reader)
+            writer.write(ANSWER)
+            await writer.drain()
+        await read_request(reader)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    client = loadtest.Connection(f"http://127.0.0.1:{port}", "/v1/embeddings")
+    outcomes: list[object] = []
+    for _ in range(posts):
+        try:
+            outcomes.append((await client.post(b"{}"))[0])
+        except ConnectionError as error:
+            outcomes.append(type(error).__name__)
+            await client.close()
+    await client.close()
+    server.close()
+    return outcomes, client.replayed, connections
+
+
+def test_a_kept_alive_connection_closed_unanswered_is_resent_once_on_a_new_one():
+    outcomes, replayed, connections = asyncio.run(serve_then(1, 3))
+    # Post 1 answered; post 2 met the closed connection, was resent on connection 2 and
+    # answered; post 3 the same on connection 3.
+    assert outcomes == [200, 200, 200]
+    assert replayed == 2 and connections == 3
+
+
+def test_a_new_connection_closed_unanswered_is_an_error_not_a_resend():
+    outcomes, replayed, _ = asyncio.run(serve_then(0, 2))
+    assert outcomes == ["ConnectionError", "ConnectionError"]
+    assert replayed == 0
