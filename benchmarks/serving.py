@@ -6,8 +6,8 @@
     python benchmarks/serving.py --smoke       # tiny random model, ours only (CI runs this)
 
 One model for every server. The bundled MiniLM (or --model) is copied, exported to ONNX
-(fp32 and int8) and gated per dim on Debian pairs (trainers.backends), the way a sweep exports
-its best model. Then, all on loopback ports 8100-8199:
+(fp32 and int8) and gated per dim on Debian pairs (trainers.export, trainers.gate), the way a
+sweep exports its best model. Then, all on loopback ports 8100-8199:
 
 - ours: serve/app.py on a private Ray, one 1-CPU replica per core, ``--backend auto`` (the
   fastest backend that passed the gate); and ``--backend torch`` for comparison;
@@ -77,7 +77,7 @@ def own_haproxy(short_dir: str, ports: list[int]) -> None:
 
 def prepare_model(args, work: Path) -> Path:
     """A model folder with its ONNX exports, gated on Debian pairs (as a sweep's export is)."""
-    from trainers import backends
+    from trainers import export, gate
     from trainers.config import TrainConfig
     from trainers.evaluate import pairs_task
     from trainers.models import matryoshka_info, resolve, write_matryoshka_info
@@ -88,11 +88,11 @@ def prepare_model(args, work: Path) -> Path:
         return folder  # a sweep's export: exported and gated on its validation split already
     dims = tuple(matryoshka_info(folder).get("dims") or (384, 256, 128, 64))
     write_matryoshka_info(folder, dims)
-    backends.export(folder)
+    export.export(folder)
     config = TrainConfig(model=str(folder), matryoshka_dims=dims)
     task = pairs_task(config, args.gate_pairs, args.gate_pairs // 4, config.seed)
     print(f"--- gating the backends on {task.describe()} (Debian pairs)", flush=True)
-    backends.gate(folder, task, config)
+    gate.gate(folder, task, config)
     return folder
 
 
@@ -389,15 +389,16 @@ def main(argv: list[str] | None = None) -> int:
     # isort: split
     import ray
 
-    from serve import backends
-    from serve.app import ServeArgs, per_core_options, start, stop, wait_healthy
+    from serve import backend_choice
+    from serve.app import per_core_options, start, stop, wait_healthy
+    from serve.args import ServeArgs
     from serve.loadtest import sample_texts
 
     folder = prepare_model(args, work)
-    ours = backends.choose("auto", folder, cuda=False, allow_ungated=False)[0]
+    ours = backend_choice.choose("auto", folder, cuda=False, allow_ungated=False)[0]
     # In-process with the libraries' own thread defaults (ONNX Runtime: a thread per core,
     # spin-waiting), the fastest for one process alone on the machine: the bar Serve is held to.
-    encoder = backends.load(ours, str(folder), None, False, None)[0]
+    encoder = backend_choice.load(ours, str(folder), None, False, None)[0]
     texts = sample_texts(max(args.requests, 64))
     targets: dict[str, tuple[str, str]] = {}
     peers: list[Peer] = []
@@ -446,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def report(args, folder, ours, table, figures, comparison, labels) -> str:
-    from trainers.backends import gate_table
+    from trainers.gate import gate_table
     from trainers.models import matryoshka_info
 
     record = matryoshka_info(folder).get("backends", {})

@@ -410,7 +410,8 @@ def _main(argv: list[str]) -> int:
     model = load_model(args.model)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.start:
-        from serve.app import ServeArgs, per_core_options, start, stop, wait_healthy
+        from serve.app import per_core_options, start, stop, wait_healthy
+        from serve.args import ServeArgs
 
         port = urlparse(args.url).port or 8000
         start(ServeArgs(model=args.model), "127.0.0.1", port, options=per_core_options())

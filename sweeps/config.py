@@ -162,7 +162,7 @@ class SweepConfig(Config):
     sampler: Sampler = Field(
         "auto",
         description="Optuna sampler: tpe, gp (Gaussian process), qmc (Sobol), random; auto "
-        "picks one from the number of sampled trials and searched keys (sweeps/search.py)",
+        "picks one from the number of sampled trials and searched keys (sweeps/sampler.py)",
     )
     refit: RefitConfig | None = Field(
         RefitConfig(), description="retrain the best configuration on a larger budget; null = no"

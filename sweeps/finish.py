@@ -24,9 +24,12 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+from sweeps.card import write_model_files
 from sweeps.config import SweepConfig
+from trainers import storage
 from trainers.models import write_matryoshka_info
 
 logger = logging.getLogger(__name__)
@@ -173,19 +176,20 @@ def finish(
         exported.save(local)
         write_matryoshka_info(local, base_config.matryoshka_dims)
         if config.onnx:
-            from trainers import backends
+            from trainers import export, gate
 
             started = time.perf_counter()
             say("exporting to ONNX (fp32, int8) and gating each backend")
-            backends.export(local)
+            export.export(local)
             # On validation, not test: which backend is served is a choice, and test picks
             # nothing (it also costs 1,300 encodes per backend instead of 11,000 on CPU).
-            verdict.backends = backends.gate(
+            verdict.backends = gate.gate(
                 local, validation, base_config, config.onnx_tolerance, exported_validation
             )
             verdict.seconds["onnx export and gate"] = time.perf_counter() - started
-        _publish(local, destination)
-        verdict.seconds["in all"] = time.perf_counter() - clock
+        verdict.seconds["in all"] = time.perf_counter() - clock  # up to the upload
+        write_model_files(Path(local), config, verdict, best)
+        storage.replace_folder(local, destination)
         return verdict
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -223,7 +227,7 @@ def _mix(
 
     guard, train = config.guard, config.train
     base_guard = verdict.guard["base"]
-    chosen, best_score, models, validations = None, float("-inf"), {}, {}
+    tried, models, validations = [], {}, {}
     for factor in sorted(set(guard.mix), reverse=True):
         mixed = tuned if factor == 1 else interpolate(base, tuned, factor)
         # Factor 1 is the tuned model itself: its guard metrics are already measured.
@@ -237,44 +241,35 @@ def _mix(
             validations[factor] = tuned_validation
         else:
             validations[factor] = evaluate(mixed, validation, train)
-        score = validations[factor][config.objective]
-        verdict.mixes.append(
+        tried.append(
             {
                 "factor": factor,
-                "validation": score,
+                "validation": validations[factor][config.objective],
                 "guard": guard_metrics,
                 "largest_drop": max(drops.values()),
                 "within": within,
             }
         )
         models[factor] = mixed
-        if within and score > best_score:
-            chosen, best_score = factor, score
-    if chosen is None:
-        chosen = min(models)
-        verdict.mix_rule = (
-            f"no factor kept the guard set within {guard.tolerance} MAP@100 of the base at every "
+    verdict.mixes += tried
+    verdict.mix, verdict.mix_rule = choose_mix(tried, guard.tolerance, config.objective)
+    return models[verdict.mix], validations[verdict.mix]
+
+
+def choose_mix(tried: list[dict[str, Any]], tolerance: float, objective: str) -> tuple[float, str]:
+    """The mixing rule, and how to say it: among the factors that kept the guard set within
+    ``tolerance`` of the base at every dim, the one with the best validation score (the
+    larger factor on a tie, as ``tried`` runs from large to small); if none did, the smallest
+    factor tried, the one nearest the base."""
+    within = [m for m in tried if m["within"]]
+    if not within:
+        chosen = min(m["factor"] for m in tried)
+        return chosen, (
+            f"no factor kept the guard set within {tolerance} MAP@100 of the base at every "
             f"dim: the smallest tried, {chosen:g}, is exported"
         )
-    else:
-        verdict.mix_rule = (
-            f"the best validation {config.objective} among the factors that keep the guard set "
-            f"within {guard.tolerance} MAP@100 of the base at every dim"
-        )
-    verdict.mix = chosen
-    return models[chosen], validations[chosen]
-
-
-def _publish(local: str, destination: str) -> None:
-    """Copy the exported folder to ``destination`` (a local path or a storage URI)."""
-    import pyarrow.fs
-
-    if "://" not in destination:
-        shutil.rmtree(destination, ignore_errors=True)
-        shutil.copytree(local, destination)
-        return
-    fs, path = pyarrow.fs.FileSystem.from_uri(destination)
-    fs.delete_dir_contents(path, missing_dir_ok=True)
-    pyarrow.fs.copy_files(
-        local, path, source_filesystem=pyarrow.fs.LocalFileSystem(), destination_filesystem=fs
+    chosen = max(within, key=lambda m: m["validation"])["factor"]
+    return chosen, (
+        f"the best validation {objective} among the factors that keep the guard set "
+        f"within {tolerance} MAP@100 of the base at every dim"
     )

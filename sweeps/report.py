@@ -18,13 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sweeps.card import dim_table, fmt
+from sweeps.choose import TrialRow
 from sweeps.config import SweepConfig
-from sweeps.finish import Pick, Verdict
-from sweeps.search import choose_sampler
+from sweeps.finish import Verdict
+from sweeps.sampler import choose_sampler
 from sweeps.space import optuna_distributions
-from sweeps.trainable import OBJECTIVE, SELECTION
-from trainers.backends import gate_table
+from sweeps.trainable import OBJECTIVE
 from trainers.data import describe_fingerprint, describe_source
+from trainers.gate import gate_table
 
 logger = logging.getLogger(__name__)
 
@@ -129,91 +131,22 @@ def read_search(out: Path) -> SearchHistory:
     return SearchHistory(type(study.sampler).__name__, trials)
 
 
-def trial_table(config: SweepConfig, results) -> list[dict[str, Any]]:
-    """One row per trial: its chosen epoch (the best among those the sweep may choose) with
-    that epoch's validation metrics, its status and its error."""
-    params = [p.key for p in config.search]
-    rows = []
-    for result in results:
-        frame = result.metrics_dataframe
-        reported = frame is not None and SELECTION in getattr(frame, "columns", [])
-        sampled = result.config or {}
-        row: dict[str, Any] = {
-            "trial": (result.metrics or {}).get("trial_id") or Path(result.path).name
-        }
-        row.update({k: sampled.get(k) for k in params})
-        best: dict[str, Any] = {}
-        epochs_done = 0
-        if reported:
-            epochs_done = int(frame["epoch"].max())
-            choosable = frame[frame[SELECTION] > -1]
-            if len(choosable):
-                best = choosable.loc[choosable[SELECTION].idxmax()].to_dict()
-        row["chosen_epochs"] = int(best["epoch"]) if best else None
-        for dim in config.dims:
-            row[f"dim_{dim}_map@100"] = _metric(best, f"dim_{dim}", "map@100")
-        row[OBJECTIVE] = best.get(OBJECTIVE)
-        seed = config.is_seed(sampled)
-        planned = config.seed_epochs if seed else config.max_epochs
-        if result.error is not None:
-            row["status"] = "failed"
-            text = str(result.error).strip()
-            row["error"] = text.splitlines()[-1][:300] if text else type(result.error).__name__
-        elif epochs_done < planned:
-            row["status"] = f"stopped by ASHA after {epochs_done}/{planned} epochs"
-            row["error"] = ""
-        else:
-            row["status"] = f"completed {epochs_done}/{planned} epochs"
-            row["error"] = ""
-        row["seconds"] = round(float((result.metrics or {}).get("time_total_s", 0.0)), 1)
-        row["first_point"] = any(dict(sampled) == dict(p) for p in config.first_points)
-        row["seed_recipe"] = seed
-        row["_result"] = result
-        row["_best"] = best
-        rows.append(row)
-    rows.sort(key=lambda r: str(r["trial"]))
-    return rows
-
-
-def pick(row: dict[str, Any]) -> Pick | None:
-    """The checkpoint of a row's chosen epoch (None if the trial left none)."""
-    result = row["_result"]
-    if not row["chosen_epochs"] or not result.best_checkpoints:
-        return None
-    checkpoint = result.get_best_checkpoint(SELECTION, "max")
-    return Pick(row["trial"], dict(result.config), row["chosen_epochs"], checkpoint)
-
-
-def _metric(metrics: dict[str, Any], prefix: str, name: str) -> float | None:
-    for key, value in metrics.items():
-        if (
-            key.startswith(prefix + "_")
-            and key.endswith("_" + name)
-            and key.count("_") == prefix.count("_") + 2
-        ):
-            return float(value)
-    return None
-
-
-def write_csv(rows: list[dict[str, Any]], verdict: Verdict | None, path: Path) -> None:
-    rows = [dict(r) for r in rows]
+def write_csv(rows: list[TrialRow], verdict: Verdict | None, path: Path) -> None:
+    dims = list(rows[0].map_at) if rows else []
+    table = [r.columns() for r in rows]
     if verdict is not None and verdict.refit_epochs:
         last = verdict.refit_epochs[-1]
         refit = {"trial": "refit", "status": f"refit on {verdict.refit_pairs} pairs", "error": ""}
         refit["chosen_epochs"] = len(verdict.refit_epochs)
-        refit.update({f"dim_{d}_map@100": last.get(f"dim_{d}_cosine_map@100") for d in _dims(rows)})
+        refit.update({f"dim_{d}_map@100": last.get(f"dim_{d}_cosine_map@100") for d in dims})
         refit[OBJECTIVE] = last.get(verdict.refit_config.get("objective", ""))
         refit["seconds"] = round(verdict.seconds.get("refit", 0.0), 1)
-        rows.append(refit)
-    columns = [k for k in rows[0] if not k.startswith("_")] if rows else []
+        table.append(refit)
+    columns = list(table[0]) if table else []
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(rows)
-
-
-def _dims(rows: list[dict[str, Any]]) -> list[int]:
-    return [int(k.split("_")[1]) for k in rows[0] if k.startswith("dim_")] if rows else []
+        writer.writerows(table)
 
 
 def plot_map_vs_dim(config: SweepConfig, verdict: Verdict, path: Path) -> None:
@@ -241,11 +174,11 @@ def plot_map_vs_dim(config: SweepConfig, verdict: Verdict, path: Path) -> None:
     plt.close(fig)
 
 
-def importances(config: SweepConfig, rows: list[dict[str, Any]]) -> dict[str, float]:
+def importances(config: SweepConfig, rows: list[TrialRow]) -> dict[str, float]:
     """Optuna's hyper-parameter importance (fANOVA) over the trials that reported."""
     import optuna
 
-    done = [r for r in rows if r[OBJECTIVE] is not None]
+    done = [r for r in rows if r.objective is not None]
     params = config.search
     if len(done) < 2 or not params:
         return {}
@@ -254,9 +187,9 @@ def importances(config: SweepConfig, rows: list[dict[str, Any]]) -> dict[str, fl
     for r in done:
         study.add_trial(
             optuna.trial.create_trial(
-                params={p.key: r[p.key] for p in params},
+                params={p.key: r.params[p.key] for p in params},
                 distributions=distributions,
-                value=float(r[OBJECTIVE]),
+                value=float(r.objective),
             )
         )
     try:
@@ -283,39 +216,18 @@ def plot_importance(values: dict[str, float], path: Path) -> None:
     plt.close(fig)
 
 
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.4f}"
-    return str(value)
-
-
-def dim_table(config: SweepConfig, models: dict[str, dict[str, float]], metric: str) -> list[str]:
-    """A Markdown table: one row per dim, one column per model, of ``metric``."""
-    labels = list(models)
-    lines = [
-        "| dim | " + " | ".join(labels) + " |",
-        "|---:|" + "---:|" * len(labels),
-    ]
-    for d in config.dims:
-        cells = [_fmt(models[label].get(f"dim_{d}_cosine_{metric}")) for label in labels]
-        lines.append(f"| {d} | " + " | ".join(cells) + " |")
-    return lines
-
-
 def write_report(
     config: SweepConfig,
-    rows: list[dict[str, Any]],
-    best_row: dict[str, Any] | None,
+    rows: list[TrialRow],
+    best_row: TrialRow | None,
     verdict: Verdict | None,
     imp: dict[str, float],
     out: Path,
 ) -> Path:
     params = [p.key for p in config.search]
     lines = [f"# Sweep `{config.name}`", ""]
-    n_failed = sum(r["status"] == "failed" for r in rows)
-    n_stopped = sum(r["status"].startswith("stopped") for r in rows)
+    n_failed = sum(r.status == "failed" for r in rows)
+    n_stopped = sum(r.status.startswith("stopped") for r in rows)
     sampler, why = choose_sampler(config)
     lo, hi = config.epochs
     lines += [
@@ -334,8 +246,8 @@ def write_report(
     ]
     if best_row is not None:
         lines += [
-            f"- **Chosen:** trial `{best_row['trial']}`, **{best_row['chosen_epochs']} epochs**: "
-            + ", ".join(f"{k} {_fmt(best_row[k])}" for k in params),
+            f"- **Chosen:** trial `{best_row.trial}`, **{best_row.chosen_epochs} epochs**: "
+            + ", ".join(f"{k} {fmt(best_row.params[k])}" for k in params),
         ]
     if verdict is not None:
         lines += _verdict_lines(config, verdict)
@@ -350,17 +262,18 @@ def write_report(
         "|" + "---|" * len(columns),
     ]
     for r in rows:
-        marks = (
-            " (seed recipe)" if r["seed_recipe"] else " (first point)" if r["first_point"] else ""
-        )
+        marks = " (seed recipe)" if r.seed_recipe else " (first point)" if r.first_point else ""
+        values = r.columns()
         cells = [
-            f"{r[c]:.0f}" if c == "seconds" else _fmt(r[c]) + (marks if c == "trial" else "")
+            f"{values[c]:.0f}"
+            if c == "seconds"
+            else fmt(values[c]) + (marks if c == "trial" else "")
             for c in columns
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r.status == "failed"]
     if failed:
-        lines += ["", "## Failed trials", ""] + [f"- `{r['trial']}`: {r['error']}" for r in failed]
+        lines += ["", "## Failed trials", ""] + [f"- `{r.trial}`: {r.error}" for r in failed]
     lines += ["", "## Hyper-parameter importance", ""]
     if imp:
         lines += ["| key | importance |", "|---|---:|"] + [
@@ -473,60 +386,6 @@ def data_lines(config: SweepConfig, seen: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, row: dict) -> None:
-    """metrics.json and the model card's test and backend tables in the exported folder (its
-    matryoshka.json, with the dims and the backends' gate, was written with it)."""
-    exported = verdict.test.get(verdict.exported, {})
-    trained = verdict.refit_config if verdict.kept == "refit" else None
-    if trained is None:
-        sampled = {p.key: row[p.key] for p in config.search}
-        trained = config.trial_config(sampled, epochs=row["chosen_epochs"]).to_dict()
-    (best / "metrics.json").write_text(
-        json.dumps(
-            {
-                "sweep": config.name,
-                "trial": row["trial"],
-                "exported": verdict.exported,
-                "mix_factor": verdict.mix,
-                "objective": config.objective,
-                "config": trained,
-                "refit_config": verdict.refit_config,
-                "validation": verdict.validation,
-                "test": verdict.test,
-                "guard": verdict.guard,
-                "backends": verdict.backends,
-                "data": verdict.data,
-                "finish_seconds": verdict.seconds,
-                "final": exported,
-            },
-            indent=2,
-        )
-    )
-    card = best / "README.md"
-    text = card.read_text() if card.is_file() else f"# {config.name}\n"
-    section = [
-        "",
-        "## Matryoshka sweep: held-out test split",
-        "",
-        f"Sweep `{config.name}`; exported: {verdict.exported}. {verdict.test_task}. MAP@100:",
-        "",
-        *dim_table(config, verdict.test, "map@100"),
-        "",
-    ]
-    if verdict.backends:
-        section += [
-            "## Serving backends (quality gate)",
-            "",
-            f"MAP@100 and NDCG@10 on the validation split through each backend ("
-            f"{verdict.backends['task']}); servable by default "
-            f"only within {verdict.backends['tolerance']} MAP@100 of torch fp32 at every dim.",
-            "",
-            *gate_table(verdict.backends, list(config.dims)),
-            "",
-        ]
-    card.write_text(text.rstrip() + "\n" + "\n".join(section))
-
-
 def wandb_online() -> bool:
     """Stream to W&B: an API key is set and W&B was not told to stay offline."""
     return bool(os.environ.get("WANDB_API_KEY")) and os.environ.get("WANDB_MODE") != "offline"
@@ -534,8 +393,8 @@ def wandb_online() -> bool:
 
 def export(
     config: SweepConfig,
-    rows: list[dict[str, Any]],
-    best_row: dict[str, Any] | None,
+    rows: list[TrialRow],
+    best_row: TrialRow | None,
     verdict: Verdict | None,
     out: Path,
     wandb_line: str | None = None,
@@ -545,8 +404,6 @@ def export(
     best_dir = out / "best" if verdict is not None and (out / "best").is_dir() else None
     if verdict is not None:
         plot_map_vs_dim(config, verdict, out / "map_vs_dim.png")
-        if best_dir is not None:
-            write_model_files(best_dir, config, verdict, best_row)
     imp = importances(config, rows)
     if imp:
         plot_importance(imp, out / "importance.png")

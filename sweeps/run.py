@@ -130,9 +130,6 @@ def check_storage(config: SweepConfig) -> None:
 
 
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
-# From Ctrl-C or SIGTERM to the end of the process, at most: within the 5 s a service manager
-# gives before it kills.
-STOP_DEADLINE_S = 4.0  # CI, under load: 4.5 s here and 1.2 s of killing made 5.7 s
 
 
 def publish(argv: list[str]) -> int:
@@ -164,7 +161,7 @@ def _main(argv: list[str]) -> int:
     print(f"data: {describe_fingerprint(split.fingerprint)}", flush=True)
     try:
         summary = sweeps.run_sweep(
-            config, resume=args.resume, address=args.address, stop_deadline_s=STOP_DEADLINE_S
+            config, resume=args.resume, address=args.address, stop_deadline_s=cli.STOP_DEADLINE_S
         )
     except KeyboardInterrupt as interrupt:
         print("\ninterrupted: continue the sweep with --resume", flush=True)

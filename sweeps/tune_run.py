@@ -25,13 +25,14 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+from sweeps import choose
 from sweeps.config import SweepConfig
 from sweeps.finish import Pick, Verdict, finish
-from sweeps.report import Summary, export, pick, trial_table, wandb_online
+from sweeps.report import Summary, export, wandb_online
 from sweeps.search import make_scheduler, make_searcher
 from sweeps.space import tune_space
 from sweeps.trainable import FAULT_ENV, OBJECTIVE, SELECTION, run_trial
-from trainers import cli
+from trainers import cli, storage
 from trainers.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -39,14 +40,14 @@ logger = logging.getLogger(__name__)
 
 def sweep_dir(config: SweepConfig) -> Path | str:
     """Where Tune keeps the sweep: a local folder (absolute) or a URI (s3://...)."""
-    if "://" in config.storage_path:
+    if storage.is_uri(config.storage_path):
         return f"{config.storage_path.rstrip('/')}/{config.name}"
     return Path(config.storage_path).resolve() / config.name
 
 
 def local_dir(config: SweepConfig) -> Path:
     """Where the report, best model and W&B files go on this machine."""
-    if "://" in config.storage_path:
+    if storage.is_uri(config.storage_path):
         return Path("runs").resolve() / config.name
     return Path(sweep_dir(config))
 
@@ -170,9 +171,8 @@ def run_sweep(
     path = sweep_dir(config)
     configure_wandb_mode(config)
     pin_data(config, out)
-    # The trainer's imports (torch, sentence-transformers: 5.4 s here), which the trainable and
-    # the baseline task below need, run while Ray starts (4.7 s): launch to the baseline's start
-    # went from 12.0 s to 9.5 s on 2 cores.
+    # The trainer's imports (torch, sentence-transformers: seconds), which the trainable and
+    # the baseline task below need, run while Ray starts (`git show 7a36ba9`).
     preload = threading.Thread(target=importlib.import_module, args=("trainers.train",))
     preload.start()
     private_ray = init_ray(address)
@@ -202,27 +202,28 @@ def run_sweep(
                 out=out,
                 stopped_by=stopped_by[0],
             )
-        rows = trial_table(config, results)
-        scored = [r for r in rows if r[OBJECTIVE] is not None and r["chosen_epochs"]]
-        best_row = max(scored, key=lambda r: r[OBJECTIVE]) if scored else None
-        best = pick(best_row) if best_row is not None else None
+        rows = choose.trial_table(config, results)
+        best_row = choose.best(rows)
+        best = best_row.pick if best_row is not None else None
         verdict = None
         if best is not None:
-            seed_row = next((r for r in rows if r["seed_recipe"]), None)
-            seed = pick(seed_row) if seed_row is not None else None
+            seed_row = choose.seed_recipe(rows)
+            seed = seed_row.pick if seed_row is not None else None
             with cli.terminate_as_interrupt():
                 verdict = run_finish(config, best, seed, baseline, f"{path}/best")
-            if "://" in str(path):
-                fetch(f"{path}/best", out / "best")
+            if storage.is_uri(path):  # a copy here too, to serve or inspect
+                storage.replace_folder(f"{path}/best", out / "best")
         wandb_line = None
         if config.wandb:
             wandb_line = log_to_wandb(config, out, best_row, verdict)
         summary = export(config, rows, best_row, verdict, out, wandb_line)
     finally:
         if private_ray:
-            stop_ray()
-    if "://" in str(path) and summary.best_dir is not None:
-        upload_export(out, str(path))
+            import ray
+
+            cli.stop_ray(ray.shutdown)
+    if storage.is_uri(path) and summary.best_dir is not None:
+        upload_report(out, str(path))
         summary = dataclasses.replace(
             summary, text=f"{summary.text}\nin storage: {path}/best (and the report)"
         )
@@ -267,27 +268,14 @@ def run_finish(
     return ray.get(task.remote(config, best, seed, baseline, destination))
 
 
-def fetch(uri: str, local: Path) -> None:
-    """Copy the folder at ``uri`` (shared storage) to ``local``."""
-    import shutil
-
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
-    shutil.rmtree(local, ignore_errors=True)
-    pyarrow.fs.copy_files(
-        root, str(local), source_filesystem=fs, destination_filesystem=pyarrow.fs.LocalFileSystem()
-    )
-
-
 def log_to_wandb(
-    config: SweepConfig, out: Path, best_row: dict | None, verdict: Verdict | None
+    config: SweepConfig, out: Path, best_row: choose.TrialRow | None, verdict: Verdict | None
 ) -> str:
     """The refit's W&B run, the tags, the W&B Sweep's final state: the console's W&B line."""
     from sweeps import wandb_sweep
 
     sweep_id = wandb_sweep.sweep_id_of(out)
-    tags = {best_row["trial"]: "best"} if best_row is not None else {}
+    tags = {best_row.trial: "best"} if best_row is not None else {}
     if verdict is not None and verdict.refit_epochs:
         tags[wandb_sweep.log_refit(config, verdict, out, sweep_id)] = "refit"
     return wandb_sweep.finish(config, out, sweep_id, tags)
@@ -310,7 +298,7 @@ def new_tuner(config: SweepConfig, trainable, callbacks: list):
     from ray import tune
 
     out, path = local_dir(config), sweep_dir(config)
-    if "://" not in str(path) and tune.Tuner.can_restore(str(path)):
+    if not storage.is_uri(path) and tune.Tuner.can_restore(str(path)):
         raise ConfigError(f"{path} already holds a sweep: pass --resume, or a new --name")
     searcher = make_searcher(config, OBJECTIVE)
     scheduler = make_scheduler(config)
@@ -333,7 +321,7 @@ def new_tuner(config: SweepConfig, trainable, callbacks: list):
         run_config=tune.RunConfig(
             name=config.name,
             storage_path=str(path).rsplit("/", 1)[0]
-            if "://" in str(path)
+            if storage.is_uri(path)
             else str(Path(path).parent),
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(
@@ -392,29 +380,9 @@ def graceful_stop(deadline_s: float | None = None) -> Iterator[list[int]]:
             signal.signal(signum, handler)
 
 
-def stop_ray() -> None:
-    """Stop the private Ray this sweep started, leaving none of its processes behind."""
-    import ray
-
-    processes = cli.ray_descendants()
-    ray.shutdown()
-    # Half a second for what outlived its raylet (agents, a trial still training), then kill:
-    # waiting the default 2 s made a stopped sweep take up to 4 s here.
-    cli.reap(processes, timeout_s=0.5)
-
-
-def upload_export(out: Path, uri: str) -> None:
-    """Put the best model and the report next to the trials in shared storage, for every node."""
-    import pyarrow.fs
-
-    fs, root = pyarrow.fs.FileSystem.from_uri(uri)
-    local = pyarrow.fs.LocalFileSystem()
-    for item in ("best", "report.md", "results.csv", "map_vs_dim.png", "importance.png"):
+def upload_report(out: Path, uri: str) -> None:
+    """Put the report next to the trials and the best model (the finish uploaded best/)."""
+    for item in ("report.md", "results.csv", "map_vs_dim.png", "importance.png"):
         if (out / item).exists():
-            pyarrow.fs.copy_files(
-                str(out / item),
-                f"{root}/{item}",
-                source_filesystem=local,
-                destination_filesystem=fs,
-            )
-    logger.info("best model and report uploaded to %s (serve it: --model %s/best)", uri, uri)
+            storage.copy(out / item, f"{uri}/{item}")
+    logger.info("report uploaded to %s; serve the model with --model %s/best", uri, uri)

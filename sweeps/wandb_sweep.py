@@ -33,7 +33,7 @@ from ray.air.integrations.wandb import WandbLoggerCallback
 
 from sweeps.config import SweepConfig
 from sweeps.report import wandb_online
-from sweeps.search import choose_sampler
+from sweeps.sampler import choose_sampler
 from sweeps.space import wandb_parameters
 from trainers.errors import ConfigError
 

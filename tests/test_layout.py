@@ -94,3 +94,57 @@ def test_the_installed_entry_points_exist():
     bin_dir = Path(sys.executable).parent
     for name in ("matryoshka-sweep", "matryoshka-train", "matryoshka-serve"):
         assert (bin_dir / name).is_file(), f"{name}: run make setup (pip install -e .)"
+
+
+def test_no_two_modules_share_a_file_name():
+    """Each job has its own file name across the packages (a package's config.py aside)."""
+    seen: dict[str, Path] = {}
+    for path in python_files("trainers", "sweeps", "serve", "benchmarks"):
+        if path.name in ("__init__.py", "config.py"):
+            continue
+        assert path.name not in seen, f"{path.relative_to(REPO)} and {seen[path.name]}"
+        seen[path.name] = path.relative_to(REPO)
+
+
+@pytest.mark.parametrize("folder", ["sweeps", "serve", "benchmarks"])
+def test_no_module_of_a_script_folder_shadows_the_standard_library(folder):
+    # `python sweeps/run.py` puts sweeps/ first on sys.path: a sweeps/select.py would be what
+    # every `import select` of the standard library gets.
+    for path in python_files(folder):
+        assert path.stem not in sys.stdlib_module_names, path.relative_to(REPO)
+
+
+def module_imports(path: Path) -> set[str]:
+    return {module for module, _ in imports(path)}
+
+
+def test_serve_keeps_http_deployments_and_process_apart():
+    serve_dir = REPO / "serve"
+    # HTTP routes and maps errors: it neither deploys nor starts anything.
+    assert not {"serve.deployments", "serve.app"} & module_imports(serve_dir / "ingress.py")
+    # The deployments are started by someone else.
+    deployments = serve_dir / "deployments.py"
+    assert "serve.app" not in module_imports(deployments)
+    assert not re.search(r"ray\.init|serve\.(run|start|shutdown)\(", deployments.read_text())
+    # The process starts and stops: no HTTP framework in it.
+    assert not any(m.split(".")[0] in ("fastapi", "starlette") for m in imports_of("serve/app.py"))
+    # The contract and the arguments need neither Ray nor an HTTP framework.
+    for name in ("api.py", "args.py"):
+        roots = {m.split(".")[0] for m in module_imports(serve_dir / name)}
+        assert not roots & {"ray", "fastapi", "starlette"}, name
+
+
+def imports_of(relative: str) -> set[str]:
+    return module_imports(REPO / relative)
+
+
+@pytest.mark.parametrize("module", ["sweeps.report", "sweeps.choose", "serve.args", "serve.api"])
+def test_rendering_choosing_and_the_http_contract_import_no_ray(module):
+    done = subprocess.run(
+        [sys.executable, "-c", f"import sys, {module}; print('ray' in sys.modules)"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.strip() == "False", done.stderr[-2000:] or f"{module} imports ray"

@@ -111,7 +111,7 @@ def bound_the_stop(seconds: float, processes: list, code: int = 0, note: str = "
     def overdue() -> None:
         print(f"\nthe stop took over {seconds:g} s: ending it; where it waited:", file=sys.stderr)
         faulthandler.dump_traceback(sys.stderr, all_threads=True)
-        # Overdue already: kill at once (a CI run spent 1.2 s here giving them 0.5 s to go).
+        # Overdue already: kill at once (giving them time to go overran a CI run's deadline).
         reap(processes, timeout_s=0.0)
         if note:
             print(note, flush=True)
@@ -147,7 +147,7 @@ def ray_descendants() -> list:
 RAY_PROCESS_NAMES = {"raylet", "gcs_server", "haproxy"}
 
 
-def reap(processes: list, timeout_s: float = 2.0) -> list[str]:
+def reap(processes: list, timeout_s: float = 0.5) -> list[str]:
     """Wait up to ``timeout_s`` for ``processes`` to end, then kill the ones left.
 
     Take the list *before* stopping what started them: a process whose parent is gone is no
@@ -164,3 +164,24 @@ def reap(processes: list, timeout_s: float = 2.0) -> list[str]:
             process.kill()
     psutil.wait_procs(alive, timeout=max(timeout_s, 0.3))  # SIGKILL: gone within milliseconds
     return killed
+
+
+# From Ctrl-C or SIGTERM to the end of the process, at most: within the 5 s a service manager
+# gives before it kills (python serve/app.py, python sweeps/run.py).
+STOP_DEADLINE_S = 4.0
+
+
+def stop_ray(shutdown: Callable[[], None], deadline_s: float | None = None) -> list[str]:
+    """Stop the private Ray this process started, leaving none of its processes behind.
+
+    ``shutdown`` is ``ray.shutdown`` (trainers never imports ray). Whatever outlives its
+    raylet (Ray's agents, Serve's HAProxy, a trial still training) gets ``reap``'s half second,
+    then is killed: waiting 2 s made a stopped sweep take up to 4 s. ``deadline_s``: if the
+    process still runs then, what is left is killed and it exits (``bound_the_stop``).
+    Returns what had to be killed, for the log.
+    """
+    processes = ray_descendants()
+    if deadline_s is not None:
+        bound_the_stop(deadline_s, processes)
+    shutdown()
+    return reap(processes)

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from trainers import storage
 from trainers.errors import ModelError
 
 if TYPE_CHECKING:
@@ -102,16 +103,15 @@ def fetch_uri(uri: str) -> Path:
     import shutil
     import tempfile
 
-    import pyarrow.fs
+    import pyarrow
 
     from trainers.debian import cache_dir
 
     try:
-        fs, path = pyarrow.fs.FileSystem.from_uri(uri)
-        info = fs.get_file_info(path)
+        found = storage.is_folder(uri)
     except (pyarrow.ArrowInvalid, OSError) as err:
         raise ModelError(f"model={uri!r}: {err}") from None
-    if info.type != pyarrow.fs.FileType.Directory:
+    if not found:
         raise ModelError(
             f"model={uri!r}: no such folder (a sweep exports its best model to "
             "<storage_path>/<name>/best)"
@@ -121,12 +121,7 @@ def fetch_uri(uri: str) -> Path:
     download = Path(tempfile.mkdtemp(prefix=".download-", dir=local.parent))
     try:
         logger.info("copying %s to %s", uri, local)
-        pyarrow.fs.copy_files(
-            path,
-            str(download / "model"),
-            source_filesystem=fs,
-            destination_filesystem=pyarrow.fs.LocalFileSystem(),
-        )
+        storage.copy(uri, download / "model")
         shutil.rmtree(local, ignore_errors=True)
         (download / "model").rename(local)
     finally:
@@ -167,7 +162,7 @@ def hub_offline() -> Iterator[None]:
 
 def resolve(spec: str) -> tuple[str, bool]:
     """Map a model spec to (path or hub id, is_local)."""
-    if "://" in spec:
+    if storage.is_uri(spec):
         return str(fetch_uri(spec)), True
     if spec.startswith(BUNDLED_PREFIX):
         return str(bundled_path(spec[len(BUNDLED_PREFIX) :])), True

@@ -193,7 +193,7 @@ def test_ray_up_then_the_readme_commands_then_ray_down(cluster):
         "backend"
     ]
     if backend != "torch":
-        from trainers.backends import OnnxEncoder
+        from trainers.encoders import OnnxEncoder
 
         vector = OnnxEncoder(fetched / "best", backend).encode(["a terminal text editor"])[0]
     expected = vector[:64] / np.linalg.norm(vector[:64])

@@ -38,7 +38,8 @@ def serve_url():
 
 def deploy(serve_url: str, args: dict, name: str, route_prefix: str, **options) -> str:
     """Deploy EmbeddingService as app ``name`` at ``route_prefix``; its base URL once healthy."""
-    from serve.app import ServeArgs, start, wait_healthy
+    from serve.app import start, wait_healthy
+    from serve.args import ServeArgs
 
     port = int(serve_url.rsplit(":", 1)[1])
     options = {"num_replicas": 1, "ray_actor_options": {"num_cpus": 0.5}, **options}

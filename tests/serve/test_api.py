@@ -48,7 +48,7 @@ def test_an_unexpected_exception_becomes_a_500_envelope():
     """The app's handler for bugs: a route that raises gets OpenAI's envelope, not text."""
     from fastapi.testclient import TestClient
 
-    from serve.app import fastapi_app
+    from serve.ingress import fastapi_app
 
     @fastapi_app.get("/_test_raises")
     async def raises():
@@ -64,3 +64,15 @@ def test_an_unexpected_exception_becomes_a_500_envelope():
     error = reply.json()["error"]
     assert error["type"] == "server_error" and "RuntimeError" in error["message"]
     assert "boom" not in error["message"]  # internals stay in the server's log
+
+
+def test_the_openapi_page_documents_the_post_route_that_fastapi_never_routes():
+    from fastapi.testclient import TestClient
+
+    from serve.ingress import fastapi_app
+
+    schema = TestClient(fastapi_app).get("/openapi.json").json()
+    post = schema["paths"]["/v1/embeddings"]["post"]
+    ref = post["requestBody"]["content"]["application/json"]["schema"]["$ref"]
+    request = schema["components"]["schemas"][ref.rsplit("/", 1)[1]]
+    assert {"input", "dimensions", "input_type", "encoding_format"} <= set(request["properties"])

@@ -378,10 +378,10 @@ def test_each_onnx_backend_serves_what_it_encodes_in_process(
 ):
     import shutil
 
-    from trainers import backends
+    from trainers import encoders, export
 
     folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp(backend) / "tiny")
-    backends.export(folder)  # exported, not gated: serving it needs allow_ungated
+    export.export(folder)  # exported, not gated: serving it needs allow_ungated
     name = f"tiny-{backend}"
     url = deploy(
         serve_url,
@@ -395,7 +395,7 @@ def test_each_onnx_backend_serves_what_it_encodes_in_process(
         "requested with --allow-ungated although it was never"
     )
     texts = ["a terminal text editor", "Python bindings for Qt", "network time daemon"]
-    encoder = backends.OnnxEncoder(folder, backend)
+    encoder = encoders.OnnxEncoder(folder, backend)
     expected = encoder.encode(texts)
     for dims in (None, 64):
         reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts})

@@ -148,7 +148,8 @@ def test_overload_is_answered_429_in_the_envelope_at_once(serve_url, tiny_model_
 def test_health_is_503_with_the_envelope_until_a_replica_is_ready(serve_url, tiny_model_path):
     from ray import serve
 
-    from serve.app import ServeArgs, start
+    from serve.app import start
+    from serve.args import ServeArgs
 
     port = int(serve_url.rsplit(":", 1)[1])
     # A replica that cannot be placed (more CPUs than the machine has) never becomes ready.

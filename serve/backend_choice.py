@@ -1,6 +1,7 @@
-"""What a replica encodes with: torch, or ONNX Runtime fp32 or int8, from the model folder.
+"""Which encoder a replica serves with: torch, or ONNX Runtime fp32 or int8, and why.
 
-A model folder exported by a sweep (or by ``python -m trainers.backends FOLDER``) holds
+The encoders themselves are in trainers/encoders.py. A model folder exported by a sweep (or by
+``python -m trainers.export FOLDER``) holds
 ``onnx/model.onnx`` and ``onnx/model_qint8.onnx``, and its matryoshka.json records whether
 each backend kept retrieval quality within tolerance of torch fp32 at every Matryoshka dim
 (the gate). ``--backend auto`` serves the fastest gated backend for the device: ONNX on a CPU
@@ -14,8 +15,6 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
-
 from trainers.errors import ModelError
 
 logger = logging.getLogger("serve")
@@ -24,34 +23,11 @@ Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
 CPU_PREFERENCE = ("onnx-int8", "onnx")  # fastest first (measured: README, Serving)
 
 
-class TorchEncoder:
-    """sentence-transformers' own encode, behind the same interface as the ONNX encoder."""
-
-    backend = "torch"
-
-    def __init__(self, model) -> None:
-        self.model = model
-        self.dim = int(model.get_embedding_dimension())
-        self.max_seq_length = int(model.max_seq_length)
-        self.prompts: dict[str, str] = dict(model.prompts)
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True
-        )
-
-    def encode_counted(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
-        """``encode``, and each text's token count (a response's ``usage``)."""
-        # encode() tokenizes inside sentence-transformers, out of reach: count in one more call.
-        encoded = self.model.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        return self.encode(texts), [len(ids) for ids in encoded["input_ids"]]
-
-
 def choose(
     requested: Backend, folder: Path | None, cuda: bool, allow_ungated: bool
 ) -> tuple[str, str]:
     """The backend to serve and why, or ModelError naming the fix."""
-    from trainers.backends import available
+    from trainers.encoders import available
     from trainers.models import matryoshka_info
 
     have = available(folder) if folder is not None else ["torch"]
@@ -80,12 +56,12 @@ def choose(
     if requested not in have:
         raise ModelError(
             f"--backend {requested}: the model folder has no {requested} export; make it with "
-            f"python -m trainers.backends {folder}"
+            f"python -m trainers.export {folder}"
         )
     if gated(requested):
         return requested, "requested; it passed the quality gate"
     if requested not in gate:
-        why = "it was never gated (python -m trainers.backends FOLDER --gate-data PAIRS)"
+        why = "it was never gated (python -m trainers.export FOLDER --gate-data PAIRS)"
     elif "undecided" in gate:
         why = f"its gate could not decide ({gate['undecided']})"
     else:
@@ -111,6 +87,7 @@ def load(
     alone on the machine: ONNX Runtime's thread per core, spinning between calls)."""
     import torch
 
+    from trainers.encoders import OnnxEncoder, TorchEncoder
     from trainers.models import load_model, resolve
 
     folder, is_local = resolve(spec)
@@ -120,6 +97,5 @@ def load(
         if threads is not None:
             torch.set_num_threads(threads)
         return TorchEncoder(load_model(folder, device=device).eval()), backend, why
-    from trainers.backends import OnnxEncoder
 
     return OnnxEncoder(folder, backend, threads=threads), backend, why

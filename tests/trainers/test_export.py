@@ -10,8 +10,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from serve import backends as serving
-from trainers import backends
+from serve import backend_choice as serving
+from trainers import encoders, export, gate
 from trainers.config import TrainConfig
 from trainers.errors import ModelError
 from trainers.evaluate import pairs_task
@@ -23,7 +23,7 @@ DIMS = (384, 128, 64)
 @pytest.fixture(scope="module")
 def exported(tiny_model_path, tmp_path_factory):
     folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp("onnx") / "tiny")
-    backends.export(folder)
+    export.export(folder)
     return folder
 
 
@@ -34,7 +34,7 @@ def unit(x: np.ndarray) -> np.ndarray:
 def test_the_export_writes_sentence_transformers_layout(exported):
     assert (exported / "onnx" / "model.onnx").is_file()
     assert (exported / "onnx" / "model_qint8.onnx").is_file()
-    assert backends.available(exported) == ["torch", "onnx", "onnx-int8"]
+    assert encoders.available(exported) == ["torch", "onnx", "onnx-int8"]
 
 
 def test_onnx_fp32_equals_encode_at_every_dim(exported):
@@ -42,7 +42,7 @@ def test_onnx_fp32_equals_encode_at_every_dim(exported):
 
     model = SentenceTransformer(str(exported), device="cpu")
     expected = model.encode(TEXTS, normalize_embeddings=True)
-    got = backends.OnnxEncoder(exported, "onnx").encode(TEXTS)
+    got = encoders.OnnxEncoder(exported, "onnx").encode(TEXTS)
     for dim in DIMS:  # truncated, then re-normalised, as the server does
         np.testing.assert_allclose(unit(got[:, :dim]), unit(expected[:, :dim]), atol=1e-5)
 
@@ -52,7 +52,7 @@ def test_token_counts_come_from_the_encoded_tokenization(exported):
     from sentence_transformers import SentenceTransformer
 
     texts = [*TEXTS, "a text longer than the model's max_seq_length " * 20]
-    encoder = backends.OnnxEncoder(exported, "onnx")
+    encoder = encoders.OnnxEncoder(exported, "onnx")
     vectors, counts = encoder.encode_counted(texts, batch_size=3)  # two batches, longest first
     model = SentenceTransformer(str(exported), device="cpu")
     ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
@@ -61,8 +61,8 @@ def test_token_counts_come_from_the_encoded_tokenization(exported):
 
 
 def test_int8_is_close_but_not_equal(exported):
-    fp32 = backends.OnnxEncoder(exported, "onnx").encode(TEXTS)
-    int8 = backends.OnnxEncoder(exported, "onnx-int8").encode(TEXTS)
+    fp32 = encoders.OnnxEncoder(exported, "onnx").encode(TEXTS)
+    int8 = encoders.OnnxEncoder(exported, "onnx-int8").encode(TEXTS)
     cosine = (fp32 * int8).sum(axis=1)
     # Per-channel int8 of the tiny model: 0.99+ here (per-tensor, refused, gave 0.83 on MiniLM).
     assert cosine.min() > 0.98 and not np.allclose(fp32, int8, atol=1e-6)
@@ -81,21 +81,21 @@ def gate_config(exported, data):
 
 def gate_task(config):
     """Enough queries for the gate to decide (MIN_GATE_QUERIES), from 600 real pairs."""
-    return pairs_task(config, 600, backends.MIN_GATE_QUERIES, seed=0)
+    return pairs_task(config, 600, gate.MIN_GATE_QUERIES, seed=0)
 
 
 def test_the_gate_at_its_own_tolerance(exported, debian_sample_file):
     """At the default tolerance, each backend is gated exactly when its MAP@100 drop against
     torch is within it at every dim; ONNX fp32 is torch's computation, so it always passes."""
     config = gate_config(exported, debian_sample_file)
-    record = backends.gate(exported, gate_task(config), config)
-    assert record["tolerance"] == backends.DEFAULT_TOLERANCE and "undecided" not in record
+    record = gate.gate(exported, gate_task(config), config)
+    assert record["tolerance"] == gate.DEFAULT_TOLERANCE and "undecided" not in record
     for backend in ("onnx", "onnx-int8"):
         drops = [
             record["torch"][f"dim_{d}_map@100"] - record[backend][f"dim_{d}_map@100"] for d in DIMS
         ]
         assert record[backend]["largest_drop"] == pytest.approx(max(drops))
-        assert record[backend]["gated"] == (max(drops) <= backends.DEFAULT_TOLERANCE)
+        assert record[backend]["gated"] == (max(drops) <= gate.DEFAULT_TOLERANCE)
     assert record["onnx"]["gated"] and abs(record["onnx"]["largest_drop"]) < 1e-3
 
 
@@ -103,8 +103,8 @@ def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sampl
     config = gate_config(exported, debian_sample_file)
     task = gate_task(config)
     # A tolerance just under int8's measured largest drop (which may be ~0 on the tiny model).
-    drop = backends.gate(exported, task, config, tolerance=1.0)["onnx-int8"]["largest_drop"]
-    record = backends.gate(exported, task, config, tolerance=drop - 1e-6)
+    drop = gate.gate(exported, task, config, tolerance=1.0)["onnx-int8"]["largest_drop"]
+    record = gate.gate(exported, task, config, tolerance=drop - 1e-6)
     assert record["torch"]["gated"] and record["torch"]["largest_drop"] == 0
     assert not record["onnx-int8"]["gated"], "int8 lost nothing on any dim"
     # The server refuses it by default, says why, and serves it only when told to.
@@ -113,7 +113,7 @@ def test_the_gate_refuses_a_backend_outside_the_tolerance(exported, debian_sampl
     backend, why = serving.choose("onnx-int8", exported, cuda=False, allow_ungated=True)
     assert backend == "onnx-int8" and "over the tolerance" in why
     assert serving.choose("auto", exported, cuda=True, allow_ungated=False)[0] == "torch"
-    table = "\n".join(backends.gate_table(record, list(DIMS)))
+    table = "\n".join(gate.gate_table(record, list(DIMS)))
     assert "| onnx-int8 |" in table and "needs --allow-ungated" in table
 
 
@@ -122,7 +122,7 @@ def test_a_gate_on_too_few_queries_decides_nothing(exported, debian_sample_file)
     the tolerance, so no backend is gated however it scored, and auto serves torch."""
     config = gate_config(exported, debian_sample_file)
     task = pairs_task(config, 200, 63, seed=0)
-    record = backends.gate(exported, task, config, tolerance=1.0)
+    record = gate.gate(exported, task, config, tolerance=1.0)
     assert record["undecided"].startswith("63 queries")
     assert not record["onnx"]["gated"] and not record["onnx-int8"]["gated"]
     backend, why = serving.choose("auto", exported, cuda=False, allow_ungated=False)
@@ -133,7 +133,7 @@ def test_a_gate_on_too_few_queries_decides_nothing(exported, debian_sample_file)
 
 def test_auto_serves_the_fastest_gated_backend(exported, debian_sample_file):
     config = gate_config(exported, debian_sample_file)
-    record = backends.gate(exported, gate_task(config), config, tolerance=1.0)
+    record = gate.gate(exported, gate_task(config), config, tolerance=1.0)
     assert record["onnx-int8"]["gated"]
     assert serving.choose("auto", exported, cuda=False, allow_ungated=False)[0] == "onnx-int8"
 
@@ -141,7 +141,7 @@ def test_auto_serves_the_fastest_gated_backend(exported, debian_sample_file):
 def test_export_refuses_a_folder_that_is_not_a_model(tmp_path):
     (tmp_path / "notes.txt").write_text("not a model")
     with pytest.raises(ModelError, match="not a sentence-transformers model folder"):
-        backends.export(tmp_path)
+        export.export(tmp_path)
     assert not (tmp_path / "onnx").exists()
 
 
@@ -171,7 +171,7 @@ def test_export_refuses_an_unwritable_folder(tiny_model_path, tmp_path):
     undo = read_only(folder)
     try:
         with pytest.raises(ModelError, match="cannot write"):
-            backends.export(folder)
+            export.export(folder)
         assert not (folder / "onnx").exists()
     finally:
         for command in undo:
@@ -182,11 +182,11 @@ def test_a_failed_check_leaves_no_onnx_folder(tiny_model_path, tmp_path, monkeyp
     folder = shutil.copytree(tiny_model_path, tmp_path / "tiny")
     # A tolerance nothing can meet: the export is built, checked, refused and removed.
     with pytest.raises(ModelError, match="differs from encode"):
-        backends.export(folder, check_atol=-1.0)
+        export.export(folder, check_atol=-1.0)
     assert not (folder / "onnx").exists()
     assert not [p for p in folder.iterdir() if p.name.startswith(".onnx-")]
 
 
 def test_the_command_exits_2_on_a_bad_folder(tmp_path, capsys):
-    assert backends.main([str(tmp_path / "missing")]) == 2
+    assert export.main([str(tmp_path / "missing")]) == 2
     assert "not a sentence-transformers model folder" in capsys.readouterr().err

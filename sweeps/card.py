@@ -1,0 +1,93 @@
+"""The exported model's own record: metrics.json and the model card's tables in best/.
+
+Written by the finish (sweeps/finish.py) before it publishes the folder, so best/ has one
+writer and is copied to its storage once. ``dim_table`` is shared with the report.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweeps.config import SweepConfig
+from trainers.gate import gate_table
+
+if TYPE_CHECKING:  # finish imports this module: the types only, to keep imports one-way
+    from sweeps.finish import Pick, Verdict
+
+
+def fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1e-2 else f"{value:.4f}"
+    return str(value)
+
+
+def dim_table(config: SweepConfig, models: dict[str, dict[str, float]], metric: str) -> list[str]:
+    """A Markdown table: one row per dim, one column per model, of ``metric``."""
+    labels = list(models)
+    lines = [
+        "| dim | " + " | ".join(labels) + " |",
+        "|---:|" + "---:|" * len(labels),
+    ]
+    for d in config.dims:
+        cells = [fmt(models[label].get(f"dim_{d}_cosine_{metric}")) for label in labels]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, pick: Pick) -> None:
+    """metrics.json and the model card's test and backend tables in the exported folder ``best``
+    (its matryoshka.json, with the dims and the backends' gate, was written with it). The
+    finish writes them before it publishes the folder: nothing edits best/ afterwards."""
+    exported = verdict.test.get(verdict.exported, {})
+    trained = verdict.refit_config if verdict.kept == "refit" else None
+    if trained is None:
+        sampled = {p.key: pick.sampled.get(p.key) for p in config.search}
+        trained = config.trial_config(sampled, epochs=pick.epoch).to_dict()
+    (best / "metrics.json").write_text(
+        json.dumps(
+            {
+                "sweep": config.name,
+                "trial": pick.trial,
+                "exported": verdict.exported,
+                "mix_factor": verdict.mix,
+                "objective": config.objective,
+                "config": trained,
+                "refit_config": verdict.refit_config,
+                "validation": verdict.validation,
+                "test": verdict.test,
+                "guard": verdict.guard,
+                "backends": verdict.backends,
+                "data": verdict.data,
+                "finish_seconds": verdict.seconds,
+                "final": exported,
+            },
+            indent=2,
+        )
+    )
+    card = best / "README.md"
+    text = card.read_text() if card.is_file() else f"# {config.name}\n"
+    section = [
+        "",
+        "## Matryoshka sweep: held-out test split",
+        "",
+        f"Sweep `{config.name}`; exported: {verdict.exported}. {verdict.test_task}. MAP@100:",
+        "",
+        *dim_table(config, verdict.test, "map@100"),
+        "",
+    ]
+    if verdict.backends:
+        section += [
+            "## Serving backends (quality gate)",
+            "",
+            f"MAP@100 and NDCG@10 on the validation split through each backend ("
+            f"{verdict.backends['task']}); servable by default "
+            f"only within {verdict.backends['tolerance']} MAP@100 of torch fp32 at every dim.",
+            "",
+            *gate_table(verdict.backends, list(config.dims)),
+            "",
+        ]
+    card.write_text(text.rstrip() + "\n" + "\n".join(section))
