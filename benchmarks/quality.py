@@ -104,8 +104,8 @@ def measure(sweep: Path, record: dict, work: Path) -> dict:
     """Every model's per-query AP@100 on the sweep's test split, and what made them."""
     from trainers.config import TrainConfig, parse
     from trainers.data import compare, load_split
-    from trainers.evaluate import evaluator, test_task
     from trainers.models import load_model
+    from trainers.tasks import evaluator, test_task
 
     refit = parse(TrainConfig, record.get("refit_config") or record["config"])
     split = load_split(refit)
@@ -168,7 +168,7 @@ def interval(values: tuple[float, float, float]) -> str:
 
 
 def report(args, sweep: Path, record: dict, measured: dict) -> str:
-    from trainers.evaluate import paired_bootstrap
+    from trainers.tasks import paired_bootstrap
 
     refit, per_query = measured["refit"], measured["per_query"]
     dims = list(refit.matryoshka_dims)

@@ -79,8 +79,8 @@ def prepare_model(args, work: Path) -> Path:
     """A model folder with its ONNX exports, gated on Debian pairs (as a sweep's export is)."""
     from trainers import export, gate
     from trainers.config import TrainConfig
-    from trainers.evaluate import pairs_task
     from trainers.models import matryoshka_info, resolve, write_matryoshka_info
+    from trainers.tasks import pairs_task
 
     source, _ = resolve(args.model)
     folder = Path(shutil.copytree(source, work / "model"))

@@ -66,6 +66,16 @@ def per_core_options() -> dict[str, Any]:
     return options
 
 
+def machine_options(replicas: int = 1) -> dict[str, Any]:
+    """serve/config.yaml's deployment as ``replicas`` fixed replicas that share every core of
+    this machine between them (one replica: its encoder runs a thread per core)."""
+    cores = os.cpu_count() or 1
+    options = deployment_options()
+    options.pop("autoscaling_config", None)
+    options.update(num_replicas=replicas, ray_actor_options={"num_cpus": max(1, cores // replicas)})
+    return options
+
+
 def start(
     args: ServeArgs,
     host: str = "127.0.0.1",

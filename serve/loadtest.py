@@ -137,14 +137,23 @@ def check_loopback(url: str) -> None:
         )
 
 
-def sample_texts(n: int, seed: int = 0) -> list[str]:
-    """``n`` real short texts: Debian package short descriptions (the queries of the default
-    data), drawn without repeats while they last, then reused in the same order."""
+TEXT_KINDS = ("queries", "passages", "mixed")
+
+
+def sample_texts(n: int, seed: int = 0, kind: str = "queries") -> list[str]:
+    """``n`` real texts of the default data, drawn without repeats while they last, then reused
+    in the same order: ``queries`` (package short descriptions, tens of characters),
+    ``passages`` (their long descriptions, up to hundreds of tokens) or ``mixed`` (every other
+    one of each, as a search service that also indexes sees)."""
     from trainers import debian
 
+    if kind not in TEXT_KINDS:
+        raise ConfigError(f"texts={kind!r}: one of {', '.join(TEXT_KINDS)}")
     pairs = debian.load_pairs()
     picked = random.Random(seed).sample(pairs, min(n, len(pairs)))
-    return [picked[i % len(picked)]["anchor"] for i in range(n)]
+    sides = {"queries": ("anchor",), "passages": ("positive",), "mixed": ("anchor", "positive")}
+    columns = sides[kind]
+    return [picked[i % len(picked)][columns[i % len(columns)]] for i in range(n)]
 
 
 class StaleConnection(ConnectionError):
@@ -330,10 +339,11 @@ def measure(
     time_limit_s: float,
     rounds: int = 3,
     timeout_s: float = 30.0,
+    kind: str = "queries",
 ) -> Result:
     """``rounds`` paired rounds at one concurrency level: the served load (``requests`` single-text
     requests, bounded by ``time_limit_s``), then in-process encoding of the texts it sent."""
-    texts = sample_texts(max(requests, 64))
+    texts = sample_texts(max(requests, 64), kind=kind)
     done: list[Round] = []
     latencies: list[float] = []
     sizes: list[float] = []
@@ -379,7 +389,17 @@ def _main(argv: list[str]) -> int:
     parser.add_argument(
         "--start",
         action="store_true",
-        help="deploy --model first (a 1-CPU replica per core), stop after",
+        help="deploy --model first (as python serve/app.py does), stop after",
+    )
+    parser.add_argument(
+        "--shape",
+        choices=("default", "per-core", "one-replica"),
+        default="default",
+        help="with --start: serve/config.yaml's deployment on this machine (default), a fixed "
+        "1-CPU replica per core, or one replica that holds every core",
+    )
+    parser.add_argument(
+        "--texts", choices=TEXT_KINDS, default="queries", help="what the requests carry"
     )
     parser.add_argument("--clients", default="1,16", help="comma-separated concurrency levels")
     parser.add_argument(
@@ -410,11 +430,16 @@ def _main(argv: list[str]) -> int:
     model = load_model(args.model)
     torch.set_num_threads(os.cpu_count() or 1)
     if args.start:
-        from serve.app import per_core_options, start, stop, wait_healthy
+        from serve.app import machine_options, per_core_options, start, stop, wait_healthy
         from serve.args import ServeArgs
 
         port = urlparse(args.url).port or 8000
-        start(ServeArgs(model=args.model), "127.0.0.1", port, options=per_core_options())
+        options = {
+            "default": None,
+            "per-core": per_core_options(),
+            "one-replica": machine_options(replicas=1),
+        }[args.shape]
+        start(ServeArgs(model=args.model), "127.0.0.1", port, options=options)
         wait_healthy(args.url)
     try:
         results = [
@@ -426,6 +451,7 @@ def _main(argv: list[str]) -> int:
                 args.time_limit,
                 args.rounds,
                 args.request_timeout,
+                args.texts,
             )
             for c in args.clients.split(",")
         ]

@@ -149,7 +149,10 @@ class SweepConfig(Config):
         "runs", description="where runs/<name>/ lives: a local folder, or s3://... on a cluster"
     )
     checkpoints_to_keep: Annotated[int, Field(ge=1, le=2)] = Field(
-        2, description="checkpoints kept per trial (1-2: checkpoints fill disks)"
+        1,
+        description="best checkpoints kept per trial, besides its latest (1-2: checkpoints fill "
+        "disks). Tune saves the sweep's state after this many checkpoints of a trial; at 2 a hard "
+        "kill could leave a state whose latest checkpoint was deleted, and --resume fail on it",
     )
     max_failures: Annotated[int, Field(ge=0)] = Field(
         0, description="retries of a trial whose worker died"

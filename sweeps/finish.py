@@ -80,9 +80,8 @@ def finish(
     destination: str,
 ) -> Verdict:
     """The steps above; the exported model goes to ``destination`` (a path or a URI)."""
-    from trainers.evaluate import evaluate, pairs_task, test_task, validation_task
     from trainers.models import load_model
-    from trainers.train import train
+    from trainers.tasks import validation_task
 
     verdict = Verdict()
     clock = time.perf_counter()
@@ -91,108 +90,151 @@ def finish(
         base_config = config.train
         split = _split(base_config)
         verdict.data = split.fingerprint
-        if split.test:
-            test = test_task(base_config, split)
-            verdict.test_task = test.describe()
-        else:
-            test = validation_task(base_config, split)
-            verdict.test_task = (
-                f"{test.describe()} of the validation split (no test split: set test_size for "
-                "a held-out verdict)"
-            )
+        test = _test_task(base_config, split, verdict)
         base = load_model(base_config.model, base_config.max_seq_length)
-
         models = {"base": base}
         if seed is not None:
             models["seed recipe"] = _load(seed, work)
         models["best trial"] = _load(best, work)
         if config.refit is not None:
-            refit_config = config.trial_config(
-                best.sampled,
-                epochs=best.epoch,
-                max_pairs=config.refit.max_pairs,
-                output_dir=os.path.join(work, "refit"),
-                load_best_model_at_end=False,
-            )
-            verdict.refit_config = refit_config.to_dict()
-            say(
-                f"refit: {refit_config.max_pairs or 'all'} pairs, {refit_config.epochs} epochs, "
-                + ", ".join(
-                    f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}"
-                    for k, v in best.sampled.items()
-                )
-            )
-            started = time.perf_counter()
-            result = train(
-                refit_config,
-                lambda epoch, metrics, _: None,
-                baseline=baseline,
-                progress=False,
-            )
-            verdict.seconds["refit"] = time.perf_counter() - started
-            verdict.refit_epochs = result.epochs
-            verdict.refit_pairs = result.train_pairs
-            models["refit"] = load_model(refit_config.output_dir)
+            models["refit"] = _refit(config, best, baseline, os.path.join(work, "refit"), verdict)
         # Validation picks (the refit or the best trial, the mixing factor, the backends);
         # test only reports.
         validation = validation_task(base_config, split)
-        objective = config.objective
-        kept = "best trial"
-        if "refit" in models:
-            for label in ("best trial", "refit"):
-                say(f"scoring {label} on the validation split ({validation.describe()})")
-                verdict.validation[label] = evaluate(models[label], validation, base_config)
-            if verdict.validation["refit"][objective] > verdict.validation[kept][objective]:
-                kept = "refit"
-        verdict.kept = verdict.exported = kept
-        exported = models[kept]
-        exported_validation = verdict.validation.get(kept)
-
-        started = time.perf_counter()
-        for label, model in models.items():
-            say(f"scoring {label} on the test split ({test.describe()})")
-            verdict.test[label] = evaluate(model, test, base_config)
-        verdict.seconds["test evaluation"] = time.perf_counter() - started
-
+        kept = _keep(config, models, validation, verdict)
+        exported, exported_validation = models[kept], verdict.validation.get(kept)
+        verdict.seconds["test evaluation"] = _score(models, test, base_config, verdict.test, "test")
         if config.guard is not None:
-            started = time.perf_counter()
-            guard = config.guard
-            task = pairs_task(guard, guard.max_pairs, guard.max_queries, base_config.seed)
-            verdict.guard_task = f"{guard.data}: {task.describe()}"
-            say(f"scoring every model on the guard set ({verdict.guard_task}) and mixing")
-            for label, model in models.items():
-                verdict.guard[label] = evaluate(model, task, base_config)
-            exported, exported_validation = _mix(
-                verdict, config, base, models[kept], kept, task, validation, exported_validation
+            exported, exported_validation = _guard_and_mix(
+                config, models, kept, test, validation, exported_validation, verdict
             )
-            if verdict.mix < 1:
-                verdict.exported = f"{kept}, mixed {verdict.mix:g}"
-                verdict.test[verdict.exported] = evaluate(exported, test, base_config)
-                chosen = next(m for m in verdict.mixes if m["factor"] == verdict.mix)
-                verdict.guard[verdict.exported] = chosen["guard"]
-            verdict.seconds["guard and mixing"] = time.perf_counter() - started
-
         local = os.path.join(work, "best")
         exported.save(local)
         write_matryoshka_info(local, base_config.matryoshka_dims)
         if config.onnx:
-            from trainers import export, gate
-
-            started = time.perf_counter()
-            say("exporting to ONNX (fp32, int8) and gating each backend")
-            export.export(local)
-            # On validation, not test: which backend is served is a choice, and test picks
-            # nothing (it also costs 1,300 encodes per backend instead of 11,000 on CPU).
-            verdict.backends = gate.gate(
-                local, validation, base_config, config.onnx_tolerance, exported_validation
-            )
-            verdict.seconds["onnx export and gate"] = time.perf_counter() - started
+            _export_and_gate(config, local, validation, exported_validation, verdict)
         verdict.seconds["in all"] = time.perf_counter() - clock  # up to the upload
         write_model_files(Path(local), config, verdict, best)
         storage.replace_folder(local, destination)
         return verdict
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _test_task(base_config, split, verdict: Verdict):
+    """The held-out test task, or validation's where the split has no test part."""
+    from trainers.tasks import test_task, validation_task
+
+    if split.test:
+        test = test_task(base_config, split)
+        verdict.test_task = test.describe()
+    else:
+        test = validation_task(base_config, split)
+        verdict.test_task = (
+            f"{test.describe()} of the validation split (no test split: set test_size for "
+            "a held-out verdict)"
+        )
+    return test
+
+
+def _refit(config: SweepConfig, best: Pick, baseline: dict, output_dir: str, verdict: Verdict):
+    """The best trial's recipe trained again on the refit's pairs; the model it saved."""
+    from trainers.models import load_model
+    from trainers.train import train
+
+    refit_config = config.trial_config(
+        best.sampled,
+        epochs=best.epoch,
+        max_pairs=config.refit.max_pairs,
+        output_dir=output_dir,
+        load_best_model_at_end=False,
+    )
+    verdict.refit_config = refit_config.to_dict()
+    say(
+        f"refit: {refit_config.max_pairs or 'all'} pairs, {refit_config.epochs} epochs, "
+        + ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in best.sampled.items()
+        )
+    )
+    started = time.perf_counter()
+    result = train(refit_config, lambda epoch, metrics, _: None, baseline=baseline, progress=False)
+    verdict.seconds["refit"] = time.perf_counter() - started
+    verdict.refit_epochs = result.epochs
+    verdict.refit_pairs = result.train_pairs
+    return load_model(refit_config.output_dir)
+
+
+def _keep(config: SweepConfig, models: dict, validation, verdict: Verdict) -> str:
+    """The refit if it beats the best trial on validation, else the best trial."""
+    kept = "best trial"
+    if "refit" in models:
+        candidates = {label: models[label] for label in ("best trial", "refit")}
+        _score(candidates, validation, config.train, verdict.validation, "validation")
+        objective = config.objective
+        if verdict.validation["refit"][objective] > verdict.validation[kept][objective]:
+            kept = "refit"
+    verdict.kept = verdict.exported = kept
+    return kept
+
+
+def _score(models: dict, task, base_config, into: dict, split: str) -> float:
+    """Every model's metrics on ``task`` (of ``split``), into ``into``; the seconds it took."""
+    from trainers.tasks import evaluate
+
+    started = time.perf_counter()
+    for label, model in models.items():
+        say(f"scoring {label} on the {split} split ({task.describe()})")
+        into[label] = evaluate(model, task, base_config)
+    return time.perf_counter() - started
+
+
+def _guard_and_mix(
+    config: SweepConfig,
+    models: dict,
+    kept: str,
+    test,
+    validation,
+    kept_validation: dict | None,
+    verdict: Verdict,
+):
+    """Every model on the guard set, then the kept model mixed with the base (``_mix``); the
+    exported model and its validation metrics."""
+    from trainers.tasks import evaluate, pairs_task
+
+    started = time.perf_counter()
+    guard, base_config = config.guard, config.train
+    task = pairs_task(guard, guard.max_pairs, guard.max_queries, base_config.seed)
+    verdict.guard_task = f"{guard.data}: {task.describe()}"
+    say(f"scoring every model on the guard set ({verdict.guard_task}) and mixing")
+    for label, model in models.items():
+        verdict.guard[label] = evaluate(model, task, base_config)
+    exported, exported_validation = _mix(
+        verdict, config, models["base"], models[kept], kept, task, validation, kept_validation
+    )
+    if verdict.mix < 1:
+        verdict.exported = f"{kept}, mixed {verdict.mix:g}"
+        verdict.test[verdict.exported] = evaluate(exported, test, base_config)
+        chosen = next(m for m in verdict.mixes if m["factor"] == verdict.mix)
+        verdict.guard[verdict.exported] = chosen["guard"]
+    verdict.seconds["guard and mixing"] = time.perf_counter() - started
+    return exported, exported_validation
+
+
+def _export_and_gate(
+    config: SweepConfig, local: str, validation, exported_validation, verdict: Verdict
+) -> None:
+    """The ONNX exports of the folder, each gated against torch fp32 at every dim."""
+    from trainers import export, gate
+
+    started = time.perf_counter()
+    say("exporting to ONNX (fp32, int8) and gating each backend")
+    export.export(local)
+    # On validation, not test: which backend is served is a choice, and test picks nothing
+    # (it also costs 1,300 encodes per backend instead of 11,000 on CPU).
+    verdict.backends = gate.gate(
+        local, validation, config.train, config.onnx_tolerance, exported_validation
+    )
+    verdict.seconds["onnx export and gate"] = time.perf_counter() - started
 
 
 def _split(config):
@@ -222,8 +264,8 @@ def _mix(
     """WiSE-FT: the factor with the best validation objective among those within the guard's
     tolerance of the base at every dim; the mixed model and its validation metrics.
     ``tuned_validation``: the tuned model's validation metrics if already measured."""
-    from trainers.evaluate import evaluate
     from trainers.interpolate import interpolate
+    from trainers.tasks import evaluate
 
     guard, train = config.guard, config.train
     base_guard = verdict.guard["base"]

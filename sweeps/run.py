@@ -132,7 +132,7 @@ def check_storage(config: SweepConfig) -> None:
 STOPPED = (128 + signal.SIGINT, 128 + signal.SIGTERM)
 
 
-def publish(argv: list[str]) -> int:
+def publish_main(argv: list[str]) -> int:
     """``python sweeps/run.py publish runs/<name>``: upload an offline sweep as a W&B Sweep."""
     if len(argv) != 1 or argv[0].startswith("-"):
         raise ConfigError("usage: python sweeps/run.py publish runs/<name>")
@@ -148,7 +148,7 @@ def publish(argv: list[str]) -> int:
 def _main(argv: list[str]) -> int:
     if argv[:1] == ["publish"]:
         cli.setup_logging()
-        return publish(argv[1:])
+        return publish_main(argv[1:])
     args, extra = parse_args(argv)
     cli.setup_logging()
     config = load_config(args, extra)
@@ -178,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     code = cli.run(_main, argv)
     if code in STOPPED:
         # Stopped by a signal, everything saved and Ray's processes ended: leave now. The
-        # interpreter's own exit (finalising torch, Ray's and W&B's modules) took 2.3 s more
-        # (measured here), past the 5 s a service manager gives before it kills.
+        # interpreter's own exit (finalising torch, Ray's and W&B's modules) took seconds
+        # more, past the 5 s a service manager gives before it kills.
         cli.exit_now(code)
     return code
 

@@ -278,7 +278,7 @@ def log_to_wandb(
     tags = {best_row.trial: "best"} if best_row is not None else {}
     if verdict is not None and verdict.refit_epochs:
         tags[wandb_sweep.log_refit(config, verdict, out, sweep_id)] = "refit"
-    return wandb_sweep.finish(config, out, sweep_id, tags)
+    return wandb_sweep.close_sweep(config, out, sweep_id, tags)
 
 
 def restored_tuner(path: Path | str, trainable):
@@ -325,6 +325,10 @@ def new_tuner(config: SweepConfig, trainable, callbacks: list):
             else str(Path(path).parent),
             callbacks=callbacks,
             checkpoint_config=tune.CheckpointConfig(
+                # Tune also saves the experiment state every num_to_keep checkpoints of a
+                # trial, and deletes a checkpoint that falls out of the best at once: at 2, a
+                # SIGKILL between the two left a state naming a deleted checkpoint as a trial's
+                # latest, and --resume failed that trial ("does not exist on storage anymore").
                 num_to_keep=config.checkpoints_to_keep,
                 # the chosen epoch's checkpoint must survive: score by what chooses it
                 checkpoint_score_attribute=SELECTION,
@@ -360,9 +364,9 @@ def graceful_stop(deadline_s: float | None = None) -> Iterator[list[int]]:
         received.append(signum)
         logger.warning("%s: stopping the sweep (resumable)", signal.Signals(signum).name)
         if deadline_s is not None:
-            # Tune writes the experiment state at once (0.01-0.2 s after the signal here);
-            # ending Ray then took 1.5-4 s, and 7 s once. Past the deadline what is left is
-            # killed, and the sweep resumes from that state.
+            # Tune writes the experiment state at once, within a fraction of a second; ending
+            # Ray then takes seconds, once longer than the deadline. Past the deadline what is
+            # left is killed, and the sweep resumes from that state.
             cli.bound_the_stop(
                 deadline_s,
                 cli.ray_descendants(),

@@ -189,7 +189,7 @@ def log_refit(config: SweepConfig, verdict, out: Path, sweep_id: str | None) -> 
     return run_id
 
 
-def finish(config: SweepConfig, out: Path, sweep_id: str | None, tags: dict[str, str]) -> str:
+def close_sweep(config: SweepConfig, out: Path, sweep_id: str | None, tags: dict[str, str]) -> str:
     """At the end of the sweep: the publish manifest (run id -> tag), and online the tags and
     the check that the runs are in the Sweep. A line for the console and the report."""
     folder = out / "wandb"

@@ -120,7 +120,7 @@ class MatryoshkaInformationRetrievalEvaluator(InformationRetrievalEvaluator):
     def average_precision(self, model: SentenceTransformer, k: int = 100) -> dict[int, Any]:
         """Each query's AP@k at every dim, from one encode: {dim: array in ``queries_ids``
         order}, whose mean is the ``dim_<d>_cosine_map@<k>`` metric (a test holds them equal).
-        What a paired bootstrap over queries resamples (trainers.evaluate.paired_bootstrap)."""
+        What a paired bootstrap over queries resamples (trainers.tasks.paired_bootstrap)."""
         import numpy as np
         import torch
         from sentence_transformers.util import cos_sim

@@ -198,7 +198,7 @@ def _main(argv: list[str]) -> int:
     print(f"written: {result['folder']} (fp32 vs encode: {result['max_abs_diff_fp32']:.1e})")
     if args.gate_data:
         from trainers.config import TrainConfig
-        from trainers.evaluate import pairs_task
+        from trainers.tasks import pairs_task
 
         dims = matryoshka_info(args.folder).get("dims") or [
             _load(Path(args.folder)).get_embedding_dimension()

@@ -36,8 +36,8 @@ def gate(
     record in its matryoshka.json which are servable: within ``tolerance`` MAP@100 of torch
     fp32 at every dim. ``torch_metrics``: torch's, if already measured on ``task``. Returns
     the ``backends`` record."""
-    from trainers.evaluate import evaluate, evaluator
     from trainers.models import load_model
+    from trainers.tasks import evaluate, evaluator
 
     folder = Path(folder)
     model = load_model(str(folder), device="cpu")

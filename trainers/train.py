@@ -28,13 +28,13 @@ from transformers.trainer_callback import PrinterCallback
 
 from trainers import cli
 from trainers import config as config_lib
-from trainers import evaluate as evaluation
+from trainers import tasks as evaluation
 from trainers.config import TrainConfig
 from trainers.data import describe_fingerprint, load_split
 from trainers.errors import ConfigError
-from trainers.evaluate import validation_task
 from trainers.evaluator import MatryoshkaInformationRetrievalEvaluator
 from trainers.models import check_dims, embedding_dim, load_model, write_matryoshka_info
+from trainers.tasks import validation_task
 
 logger = logging.getLogger(__name__)
 

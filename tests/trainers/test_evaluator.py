@@ -115,7 +115,7 @@ def test_per_query_average_precision_is_what_map_averages(tiny_model_path, debia
     from sentence_transformers import SentenceTransformer
 
     from trainers.config import TrainConfig
-    from trainers.evaluate import evaluator, pairs_task
+    from trainers.tasks import evaluator, pairs_task
 
     config = TrainConfig(data=str(debian_sample_file), group_column="source")
     config = config.replace(matryoshka_dims=(384, 128, 64))
@@ -137,7 +137,7 @@ def test_per_query_average_precision_is_what_map_averages(tiny_model_path, debia
 def test_a_paired_bootstrap_of_a_model_against_itself_contains_zero():
     import numpy as np
 
-    from trainers.evaluate import paired_bootstrap
+    from trainers.tasks import paired_bootstrap
 
     scores = np.random.default_rng(1).random(500)
     assert paired_bootstrap(scores, scores) == (0.0, 0.0, 0.0)

@@ -14,7 +14,7 @@ from serve import backend_choice as serving
 from trainers import encoders, export, gate
 from trainers.config import TrainConfig
 from trainers.errors import ModelError
-from trainers.evaluate import pairs_task
+from trainers.tasks import pairs_task
 
 TEXTS = ["a terminal text editor", "Python bindings for Qt", "network time daemon", "x" * 400]
 DIMS = (384, 128, 64)
