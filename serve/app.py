@@ -76,6 +76,25 @@ def machine_options(replicas: int = 1) -> dict[str, Any]:
     return options
 
 
+def filled_options(cpus: float) -> dict[str, Any]:
+    """serve/config.yaml's deployment, with at least as many replicas from the start as the
+    ``cpus`` of the Ray it starts on can hold (within max_replicas): the machine is used from
+    the first request instead of after autoscaling's upscale delay. On a 2-core machine, one
+    1-CPU replica under 16 clients ran one core at ~86% while the other idled (#29)."""
+    options = deployment_options()
+    autoscaling = options.get("autoscaling_config")
+    per_replica = options.get("ray_actor_options", {}).get("num_cpus", 1) or 1
+    if autoscaling:
+        fits = max(1, int(cpus // per_replica))
+        floor = min(autoscaling.get("max_replicas", fits), fits)
+        autoscaling = {
+            **autoscaling,
+            "min_replicas": max(autoscaling.get("min_replicas", 1), floor),
+        }
+        options["autoscaling_config"] = autoscaling
+    return options
+
+
 def start(
     args: ServeArgs,
     host: str = "127.0.0.1",
@@ -95,9 +114,9 @@ def start(
     # First: /health answers 503 while the model loads, instead of "no route" (404).
     health = deployments.build_health_app(HealthArgs(app=name, name=args.served_name))
     serve.run(health, name=f"{name}-health", route_prefix=route_prefix.rstrip("/") + "/health")
-    service = deployments.EmbeddingService.options(
-        **(deployment_options() if options is None else options)
-    )
+    if options is None:  # the CPUs this Ray has left for replicas (the health app takes none)
+        options = filled_options(ray.available_resources().get("CPU", 1.0))
+    service = deployments.EmbeddingService.options(**options)
     target = serve.RunTarget(service.bind(args), name=name, route_prefix=route_prefix)
     return serve.run_many([target], wait_for_applications_running=wait)[0]
 

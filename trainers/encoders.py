@@ -22,6 +22,32 @@ from trainers.errors import ModelError
 # `git show 82e79b2`).
 ENCODE_CHUNK = 8
 
+# A group of texts encoded together is padded to its longest, so texts are grouped by length:
+# sorted longest first, a group ends where the next text has at most this fraction of the
+# group's longest (or the group is full). A 300-token passage then no longer pads the 10-token
+# queries that arrived in the same batch to 300 tokens each.
+GROUP_LENGTH_RATIO = 0.5
+
+
+def length_groups(lengths: list[int], max_size: int) -> list[list[int]]:
+    """Indices of ``lengths`` in groups to encode together: longest first, at most
+    ``max_size`` each, and none padding a text to more than 1 / GROUP_LENGTH_RATIO of its
+    length (a text is never split)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if (
+            group is None
+            or len(group) >= max_size
+            or lengths[i] <= GROUP_LENGTH_RATIO * lengths[group[0]]
+        ):
+            groups.append([i])
+        else:
+            group.append(i)
+    return groups
+
+
 ONNX_DIR = "onnx"
 FILES = {"onnx": "model.onnx", "onnx-int8": "model_qint8.onnx"}
 BACKENDS = ("torch", "onnx", "onnx-int8")
@@ -61,15 +87,23 @@ class TorchEncoder:
         self.prompts: dict[str, str] = dict(model.prompts)
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        return self.model.encode(
-            texts, batch_size=len(texts), convert_to_numpy=True, normalize_embeddings=True
-        )
+        return self.encode_counted(texts)[0]
 
     def encode_counted(self, texts: list[str]) -> tuple[np.ndarray, list[int]]:
         """``encode``, and each text's token count (a response's ``usage``)."""
-        # encode() tokenizes inside sentence-transformers, out of reach: count in one more call.
+        # encode() tokenizes inside sentence-transformers, out of reach: count in one more call,
+        # whose lengths also group the texts by length (length_groups).
         encoded = self.model.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
-        return self.encode(texts), [len(ids) for ids in encoded["input_ids"]]
+        counts = [len(ids) for ids in encoded["input_ids"]]
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for rows in length_groups(counts, max(1, len(texts))):
+            out[rows] = self.model.encode(
+                [texts[i] for i in rows],
+                batch_size=len(rows),
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+            )
+        return out, counts
 
 
 class OnnxEncoder:
@@ -116,15 +150,6 @@ class OnnxEncoder:
             if step["type"] == "dense"
         }
 
-    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        return self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_seq_length,
-            return_tensors="np",
-        )
-
     def encode(self, texts: list[str], batch_size: int = ENCODE_CHUNK) -> np.ndarray:
         """Unit-length embeddings of ``texts`` (float32, one row per text)."""
         return self.encode_counted(texts, batch_size)[0]
@@ -136,18 +161,34 @@ class OnnxEncoder:
         tokenization: a second tokenizer call per batch is a cost the server need not pay."""
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32), []
-        # Longest first, as SentenceTransformer.encode does: a batch is padded to its longest
-        # text, so batches of like lengths pad (and compute) little.
-        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        # One tokenizer call for all, unpadded; each group of like lengths (length_groups) is
+        # then padded to its own longest only.
+        tokens = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)
+        counts = [len(ids) for ids in tokens["input_ids"]]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        counts = np.empty(len(texts), dtype=np.int64)
-        for start in range(0, len(texts), batch_size):
-            rows = order[start : start + batch_size]
-            out[rows], counts[rows] = self._encode_batch([texts[i] for i in rows])
-        return out, counts.tolist()
+        for rows in length_groups(counts, batch_size):
+            out[rows] = self._encode_batch(self._pad(tokens, rows))
+        return out, counts
 
-    def _encode_batch(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        tokens = self.tokenize(texts)
+    def _pad(self, tokens, rows: list[int]) -> dict[str, np.ndarray]:
+        """The token lists of ``rows`` as arrays padded to their longest, on the tokenizer's
+        padding side, with the attention mask."""
+        longest = max(len(tokens["input_ids"][i]) for i in rows)
+        left = self.tokenizer.padding_side == "left"
+        batch = {}
+        for name in {*self.pipeline["inputs"], "attention_mask"}:
+            fill = self.tokenizer.pad_token_id if name == "input_ids" else 0
+            array = np.full((len(rows), longest), fill, dtype=np.int64)
+            for r, i in enumerate(rows):
+                sequence = tokens[name][i] if name in tokens else [1] * len(tokens["input_ids"][i])
+                if left:
+                    array[r, longest - len(sequence) :] = sequence
+                else:
+                    array[r, : len(sequence)] = sequence
+            batch[name] = array
+        return batch
+
+    def _encode_batch(self, tokens) -> np.ndarray:
         feeds = {n: tokens[n].astype(np.int64) for n in self.pipeline["inputs"]}
         hidden = self.session.run(["last_hidden_state"], feeds)[0]
         mask = tokens["attention_mask"][..., None].astype(np.float32)
@@ -164,8 +205,7 @@ class OnnxEncoder:
                 weights = self.dense[step["file"]]
                 x = ACTIVATIONS[step["activation"]](x @ weights["weight"].T + weights["bias"])
         norms = np.linalg.norm(x, axis=1, keepdims=True)
-        counts = tokens["attention_mask"].sum(axis=1)
-        return (x / np.maximum(norms, 1e-12)).astype(np.float32), counts
+        return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
 def available(folder: str | Path) -> list[str]:

@@ -4,6 +4,7 @@ before the model is ready, and a load tester that counts what goes wrong instead
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import subprocess
 import sys
@@ -61,6 +62,12 @@ def test_a_signal_stops_the_server_in_5_s_and_leaves_no_ray_process(tiny_model_p
         assert httpx.post(f"http://127.0.0.1:{port}/v1/embeddings", json={"input": "a"}).is_success
         processes = psutil.Process(child.pid).children(recursive=True)
         assert any("raylet" in " ".join(p.cmdline()) for p in processes)
+        # The README's start uses the machine from the first request: a 1-CPU replica per core
+        # (within serve/config.yaml's max_replicas), not one replica and autoscaling's delay.
+        from serve.app import deployment_options
+
+        cores = min(os.cpu_count() or 1, deployment_options()["autoscaling_config"]["max_replicas"])
+        assert len(replica_processes("embeddings")) == cores, replica_processes("embeddings")
         sent = time.monotonic()
         child.send_signal(signum)
         rest = child.communicate(timeout=60)[0]

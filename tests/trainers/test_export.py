@@ -190,3 +190,31 @@ def test_a_failed_check_leaves_no_onnx_folder(tiny_model_path, tmp_path, monkeyp
 def test_the_command_exits_2_on_a_bad_folder(tmp_path, capsys):
     assert export.main([str(tmp_path / "missing")]) == 2
     assert "not a sentence-transformers model folder" in capsys.readouterr().err
+
+
+def test_length_groups_keep_like_lengths_together_and_never_split_a_text():
+    from trainers.encoders import length_groups
+
+    lengths = [300, 12, 9, 280, 10, 160, 11]
+    groups = length_groups(lengths, max_size=8)
+    assert groups == [[0, 3, 5], [1, 6, 4, 2]]  # 160 > 300/2 joins; the queries go apart
+    assert sorted(i for g in groups for i in g) == list(range(len(lengths)))
+    assert length_groups([5] * 10, max_size=4) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_a_batch_mixing_a_long_text_with_short_ones_encodes_each_as_alone(exported, backend):
+    from trainers.encoders import TorchEncoder
+    from trainers.models import load_model
+
+    if backend == "torch":
+        encoder = TorchEncoder(load_model(str(exported), device="cpu"))
+    else:
+        encoder = encoders.OnnxEncoder(exported, backend)
+    texts = ["a text editor", "library for parsing XML documents " * 40, "GNU C compiler", "x"]
+    batch, counts = encoder.encode_counted(texts)
+    for text, vector, count in zip(texts, batch, counts, strict=True):
+        alone, (alone_count,) = encoder.encode_counted([text])
+        np.testing.assert_allclose(vector, alone[0], atol=1e-5)
+        assert count == alone_count
+    assert counts[1] > 10 * counts[0]  # the long one really is long
