@@ -44,13 +44,8 @@ report.write_csv(rows, verdict, Path(r"{tmp_path}") / "results.csv")
 report.write_report(config, rows, choose.best(rows), None, {{}}, Path(r"{tmp_path}"))
 assert "ray" not in sys.modules, "rendering imported ray"
 """
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=Path(__file__).resolve().parents[2],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    command, repo = [sys.executable, "-c", script], Path(__file__).resolve().parents[2]
+    done = subprocess.run(command, cwd=repo, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     table = list(csv.DictReader((tmp_path / "results.csv").open()))
     assert [r["trial"] for r in table] == ["t1", "t2", "t3", "refit"]
