@@ -10,8 +10,9 @@ level runs ``--rounds`` rounds, each the served load followed by a plain in-proc
 p50/p95/p99 latency, the batch size the server achieved (from every response's X-Batch-Size,
 so the batches of all replicas count), and the median of the per-round ratios (pairing the
 two in time keeps a busy moment on a shared machine from tilting the ratio). ``--start``
-deploys the model itself (one 1-CPU replica per core, see serve.app.per_core_options) and
-stops it after.
+deploys the model itself as ``python serve/app.py`` does (``--shape`` per-core or
+one-replica for the fixed shapes) and stops it after. ``--texts`` picks queries, passages or
+a mix of both.
 """
 
 from __future__ import annotations
