@@ -53,19 +53,6 @@ def deployment_options(path: Path = CONFIG) -> dict[str, Any]:
     return {}
 
 
-def per_core_options() -> dict[str, Any]:
-    """serve/config.yaml's deployment with a fixed count of 1-CPU replicas, one per core.
-
-    The shape the load test's --start and benchmarks/serving.py measure on one machine: a
-    1-CPU replica runs one encoder thread, and each replica's HTTP work (parsing, JSON, Serve's
-    bookkeeping) no longer stalls a model that spans every core (measured: README, Serving).
-    """
-    options = deployment_options()
-    options.pop("autoscaling_config", None)
-    options.update(num_replicas=os.cpu_count() or 1, ray_actor_options={"num_cpus": 1})
-    return options
-
-
 def machine_options(replicas: int = 1) -> dict[str, Any]:
     """serve/config.yaml's deployment as ``replicas`` fixed replicas that share every core of
     this machine between them (one replica: its encoder runs a thread per core)."""
@@ -74,6 +61,12 @@ def machine_options(replicas: int = 1) -> dict[str, Any]:
     options.pop("autoscaling_config", None)
     options.update(num_replicas=replicas, ray_actor_options={"num_cpus": max(1, cores // replicas)})
     return options
+
+
+def per_core_options() -> dict[str, Any]:
+    """serve/config.yaml's deployment as a fixed 1-CPU replica per core: the shape the load
+    test's --shape per-core and benchmarks/serving.py measure on one machine."""
+    return machine_options(replicas=os.cpu_count() or 1)
 
 
 def filled_options(cpus: float) -> dict[str, Any]:
