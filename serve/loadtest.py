@@ -46,7 +46,13 @@ class Load:
     # What each "connection error" was (exception and message, and whether the connection had
     # answered a request before), so a failure says more than its count.
     errors: Counter[str] = field(default_factory=Counter)
-    replayed: int = 0  # requests resent once on a new connection (Connection.post)
+    # Requests resent once on a new connection, by why (Connection.post): none is in `outcomes`
+    # twice, and a resend that fails is counted there as the failure it met.
+    replays: Counter[str] = field(default_factory=Counter)
+
+    @property
+    def replayed(self) -> int:
+        return sum(self.replays.values())
 
     @property
     def ok(self) -> int:
@@ -160,6 +166,14 @@ def sample_texts(n: int, seed: int = 0, kind: str = "queries") -> list[str]:
 class StaleConnection(ConnectionError):
     """A kept-alive connection closed before the first byte of an answer: safe to resend."""
 
+    reason = "kept-alive connection closed before an answer"
+
+
+class CutOff(ConnectionError):
+    """The connection closed after an answer's headers and before the end of its body."""
+
+    reason = "answer cut off after its headers"
+
 
 class Connection:
     """One keep-alive HTTP/1.1 connection that posts pre-encoded JSON bodies.
@@ -180,21 +194,27 @@ class Connection:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.answered = 0  # responses read on the open connection
-        self.replayed = 0  # requests resent after a kept-alive connection closed unanswered
+        self.replays: Counter[str] = Counter()  # requests resent once, by why (post)
 
     async def post(self, body: bytes) -> tuple[int, bytes, float | None]:
         """Status, body and the X-Batch-Size header (None when absent).
 
         Raises ConnectionError when the server closes the connection or answers something that
-        is not HTTP; the caller counts it and the next post opens a new connection. One case is
-        resent instead, as HTTP clients do (RFC 9112, 9.3.1): a kept-alive connection that had
-        answered before and closed before the first byte of this answer (a server or proxy may
-        close an idle connection as the next request leaves). Each resend counts in ``replayed``.
+        is not HTTP; the caller counts it and the next post opens a new connection. Two cases
+        are resent once on a new connection instead, as HTTP clients do for a request they know
+        to be idempotent (an embedding is; the OpenAI SDK resends on any broken connection):
+        - a kept-alive connection that had answered before closed before the first byte of this
+          answer (RFC 9112, 9.3.1: a server may close an idle connection as a request leaves);
+        - the connection closed after the answer's headers, before the end of its body. A
+          replica SIGKILLed between the two socket writes of one answer (uvicorn writes the
+          headers, then the body) does this, and HAProxy cannot replay an answer whose headers
+          it has passed on (README, Fault tolerance).
+        Each resend counts in ``replays``, by why; a resend that fails raises as any post does.
         """
         try:
             return await self._post(body)
-        except StaleConnection:
-            self.replayed += 1
+        except (StaleConnection, CutOff) as error:
+            self.replays[error.reason] += 1
             await self.close()
             return await self._post(body)
 
@@ -227,19 +247,30 @@ class Connection:
                 close = b"close" in value.lower()
             elif name == b"x-batch-size":
                 batch = float(value)
-        if chunked:
-            parts = []
-            while size := int((await self.reader.readline()).split(b";")[0], 16):
-                parts.append(await self.reader.readexactly(size))
-                await self.reader.readline()
-            await self.reader.readline()
-            payload = b"".join(parts)
-        else:
-            payload = await self.reader.readexactly(length)
+        try:
+            payload = await self._read_body(length, chunked)
+        except (asyncio.IncompleteReadError, ConnectionError) as error:
+            raise CutOff(f"{status} answer cut off: {error!r}") from error
         self.answered += 1
         if close:
             await self.close()
         return status, payload, batch
+
+    async def _read_body(self, length: int, chunked: bool) -> bytes:
+        assert self.reader is not None
+        if not chunked:
+            return await self.reader.readexactly(length)
+        parts = []
+        while True:
+            line = await self.reader.readline()
+            if not line:  # closed where a chunk's size was due
+                raise asyncio.IncompleteReadError(b"".join(parts), None)
+            if not (size := int(line.split(b";")[0], 16)):
+                break
+            parts.append(await self.reader.readexactly(size))
+            await self.reader.readline()
+        await self.reader.readline()
+        return b"".join(parts)
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -303,7 +334,7 @@ async def run_load(
         started = time.perf_counter()
         await asyncio.gather(*(client(c) for c in connections))
         load.seconds = time.perf_counter() - started
-        load.replayed = sum(c.replayed for c in connections)
+        load.replays = sum((c.replays for c in connections), Counter())
         return load
     finally:
         for c in connections:

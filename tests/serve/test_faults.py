@@ -92,7 +92,12 @@ def replica_processes(app: str) -> list[psutil.Process]:
 @pytest.mark.slow
 def test_a_replica_killed_under_load_costs_no_request(serve_url, tiny_model_path):
     """SIGKILL one of two replicas while 16 clients send: every request gets an HTTP 200 (the
-    ingress replays a request whose replica died: RAY_SERVE_HAPROXY_RETRY_ON in serve/env.py)."""
+    ingress replays a request whose replica died: RAY_SERVE_HAPROXY_RETRY_ON in serve/env.py).
+
+    The client resends once an answer cut off after its headers, as the OpenAI SDK does: a
+    replica killed between its two socket writes of one answer leaves that (seen in CI: 1 of
+    17,806 answers), and no server-side replay can undo headers already passed on. At most one
+    answer per client can be in that state at the kill, so more resends than clients fail."""
     url = deploy(
         serve_url,
         {"model": str(tiny_model_path), "name": "faulty"},
@@ -113,8 +118,9 @@ def test_a_replica_killed_under_load_costs_no_request(serve_url, tiny_model_path
     load = asyncio.run(loadtest.run_load(url, ["a text editor"] * 10, 16, 20000, 15.0))
     killer.join()
     assert victims[0].pid not in [p.pid for p in replica_processes("faulty")], "not killed"
-    print("outcomes with a replica killed:", dict(load.outcomes), dict(load.errors), load.replayed)
+    print("outcomes with a replica killed:", dict(load.outcomes), dict(load.errors), load.replays)
     assert load.ok > 100 and load.failed == 0, (dict(load.outcomes), dict(load.errors))
+    assert load.replays[loadtest.CutOff.reason] <= 16, load.replays
     from ray import serve
 
     serve.delete("faulty")

@@ -6,7 +6,8 @@ import asyncio
 
 from serve import loadtest
 
-ANSWER = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n{}"
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n"
+ANSWER = HEAD + b"{}"
 
 
 async def read_request(reader: asyncio.StreamReader) -> bool:
@@ -16,9 +17,11 @@ async def read_request(reader: asyncio.StreamReader) -> bool:
     return True
 
 
-async def serve_then(answers_per_connection: int, posts: int) -> tuple[list[object], int, int]:
+async def serve_then(
+    answers_per_connection: int, posts: int, last_words: bytes = b""
+) -> tuple[list[object], int, int]:
     """A server that answers ``answers_per_connection`` requests on each connection, then
-    reads the next one and closes without a byte; the client posts ``posts`` times."""
+    reads the next one, writes ``last_words`` and closes; the client posts ``posts`` times."""
     connections = 0
 
     async def handle(reader, writer):
@@ -29,6 +32,8 @@ async def serve_then(answers_per_connection: int, posts: int) -> tuple[list[obje
             writer.write(ANSWER)
             await writer.drain()
         await read_request(reader)
+        writer.write(last_words)
+        await writer.drain()
         writer.close()
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
@@ -43,7 +48,7 @@ async def serve_then(answers_per_connection: int, posts: int) -> tuple[list[obje
             await client.close()
     await client.close()
     server.close()
-    return outcomes, client.replayed, connections
+    return outcomes, sum(client.replays.values()), connections
 
 
 def test_a_kept_alive_connection_closed_unanswered_is_resent_once_on_a_new_one():
@@ -58,3 +63,17 @@ def test_a_new_connection_closed_unanswered_is_an_error_not_a_resend():
     outcomes, replayed, _ = asyncio.run(serve_then(0, 2))
     assert outcomes == ["ConnectionError", "ConnectionError"]
     assert replayed == 0
+
+
+def test_an_answer_cut_off_after_its_headers_is_resent_once_on_a_new_connection():
+    # What a replica SIGKILLed between its two socket writes leaves: headers, then the close.
+    outcomes, replayed, connections = asyncio.run(serve_then(1, 3, last_words=HEAD))
+    assert outcomes == [200, 200, 200]
+    assert replayed == 2 and connections == 3
+
+
+def test_a_resend_cut_off_again_is_an_error():
+    # Each connection cuts its first answer off: post, resend, both cut: one failure, not a loop.
+    outcomes, replayed, connections = asyncio.run(serve_then(0, 2, last_words=HEAD + b"{"))
+    assert outcomes == ["CutOff", "CutOff"]
+    assert replayed == 2 and connections == 4
