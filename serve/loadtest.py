@@ -49,6 +49,8 @@ class Load:
     # Requests resent once on a new connection, by why (Connection.post): none is in `outcomes`
     # twice, and a resend that fails is counted there as the failure it met.
     replays: Counter[str] = field(default_factory=Counter)
+    texts: int = 0  # texts in the 200s (requests of several texts count each)
+    tokens: int = 0  # their tokens, where run_load was given each text's count
 
     @property
     def replayed(self) -> int:
@@ -292,10 +294,24 @@ async def run_load(
     api_key: str | None = None,
     timeout_s: float = 30.0,
     route: str = "/v1/embeddings",
+    batch: int = 1,
+    tokens: list[int] | None = None,
 ) -> Load:
-    """``clients`` connections send single-text requests back to back until ``max_requests``
-    were sent or ``time_limit_s`` passed; every outcome is counted, none stops the load."""
-    bodies = [json.dumps({"input": text}).encode() for text in texts]
+    """``clients`` connections send requests back to back until ``max_requests`` were sent or
+    ``time_limit_s`` passed; every outcome is counted, none stops the load. A request holds one
+    text (``"input": "..."``) or, with ``batch`` > 1, the next ``batch`` texts as a list;
+    ``tokens`` (each text's token count) makes ``Load.tokens`` count the tokens answered."""
+    if batch == 1:
+        bodies = [json.dumps({"input": text}).encode() for text in texts]
+    else:
+        bodies = [
+            json.dumps({"input": texts[i : i + batch]}).encode()
+            for i in range(0, len(texts) - batch + 1, batch)
+        ]
+    if not bodies:
+        raise ConfigError(f"batch={batch}: more than the {len(texts)} texts given")
+    counts = tokens or [0] * len(texts)
+    body_tokens = [sum(counts[i * batch : (i + 1) * batch]) for i in range(len(bodies))]
     load = Load(Counter(), [], [], 0.0)
     counter = iter(range(max_requests))
     deadline = time.monotonic() + time_limit_s
@@ -309,7 +325,7 @@ async def run_load(
                 # asyncio.timeout, not wait_for: wait_for wraps every request in a task of its
                 # own, CPU that this client takes from the server it measures.
                 async with asyncio.timeout(timeout_s):
-                    status, _, batch = await connection.post(bodies[i % len(bodies)])
+                    status, _, formed = await connection.post(bodies[i % len(bodies)])
             except TimeoutError:
                 load.outcomes["timeout"] += 1
                 await connection.close()
@@ -323,8 +339,10 @@ async def run_load(
             load.outcomes[str(status)] += 1
             if status == 200:
                 load.latencies_ms.append((time.perf_counter() - started) * 1000)
-                if batch:
-                    load.batches.append(batch)
+                load.texts += batch
+                load.tokens += body_tokens[i % len(bodies)]
+                if formed:
+                    load.batches.append(formed)
 
     path = urlparse(url).path.rstrip("/") + route  # behind a route prefix too
     connections = [Connection(url, path, api_key) for _ in range(clients)]

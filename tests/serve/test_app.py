@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import subprocess
 import sys
@@ -247,6 +248,35 @@ def test_bundled_minilm_is_served_exactly(serve_url):
     from ray import serve
 
     serve.delete("minilm")
+
+
+@pytest.mark.slow
+def test_a_query_waits_for_one_batch_of_a_large_request_not_for_all_of_it(serve_url):
+    """256 passages in one request, then a query: the query is answered first (the request
+    joins the batch queue 32 texts at a time; all at once, the query came after all 256)."""
+    from serve.loadtest import sample_texts
+
+    url = deploy(serve_url, {"model": "bundled:minilm", "name": "fair"}, "fair", "/fair")
+    passages = sample_texts(256, kind="passages")
+
+    async def big_then_query() -> tuple[float, float, int, int]:
+        async with httpx.AsyncClient(timeout=120) as client:
+            route = f"{url}/v1/embeddings"
+            big = asyncio.create_task(client.post(route, json={"input": passages}))
+            await asyncio.sleep(0.5)  # its first batches are being encoded
+            query = await client.post(route, json={"input": "a text editor"})
+            query_done = time.perf_counter()
+            big_reply = await big
+            return query_done, time.perf_counter(), query.status_code, big_reply.status_code
+
+    started = time.perf_counter()
+    query_done, big_done, query_status, big_status = asyncio.run(big_then_query())
+    assert query_status == big_status == 200
+    print(f"query answered at {query_done - started:.2f} s, passages {big_done - started:.2f} s")
+    assert query_done - started < 0.5 * (big_done - started)
+    from ray import serve
+
+    serve.delete("fair")
 
 
 def _replicas(app: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from serve import loadtest
 
@@ -77,3 +78,35 @@ def test_a_resend_cut_off_again_is_an_error():
     outcomes, replayed, connections = asyncio.run(serve_then(0, 2, last_words=HEAD + b"{"))
     assert outcomes == ["CutOff", "CutOff"]
     assert replayed == 2 and connections == 4
+
+
+def test_the_openai_sdk_resends_an_answer_cut_off_after_its_headers():
+    """What README's Faults table tells users: with its default retries, the OpenAI SDK meets
+    an answer cut off by a killed replica as a resend, not as a failure."""
+    from openai import OpenAI
+
+    data = [{"object": "embedding", "index": 0, "embedding": [0.6, 0.8]}]
+    usage = {"prompt_tokens": 1, "total_tokens": 1}
+    body = json.dumps({"object": "list", "model": "m", "data": data, "usage": usage}).encode()
+    whole = HEAD.replace(b"Content-Length: 2", b"Content-Length: %d" % len(body))
+    connections = 0
+
+    async def handle(reader, writer):
+        nonlocal connections
+        connections += 1
+        await read_request(reader)
+        writer.write(whole if connections == 1 else whole + body)  # the first: headers only
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", timeout=10)
+        try:
+            return await asyncio.to_thread(client.embeddings.create, model="m", input="x")
+        finally:
+            server.close()
+
+    created = asyncio.run(main())
+    assert created.data[0].embedding == [0.6, 0.8] and connections == 2
