@@ -180,6 +180,8 @@ class Server:
     ) -> None:
         self.label, self.url, self.route, self.log = label, url, route, log
         self.ready = ready  # a line its log prints once it serves ("": GET /health is 200)
+        self.started = time.monotonic()
+        self.timeline: list[tuple[float, str]] = []
         self.process = subprocess.Popen(
             command,
             cwd=cwd,
@@ -190,23 +192,34 @@ class Server:
         )
 
     def wait_ready(self, timeout_s: float = 600) -> None:
-        import httpx
-
+        """Until it serves, polling GET /health every 50 ms meanwhile: ``timeline`` keeps each
+        change of what a health check sees (seconds since the start, status or error)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.label} exited: {self.log.read_text()[-1500:]}")
-            if self.ready:
-                if self.ready in self.log.read_text(errors="replace"):
-                    return
-            else:
-                try:
-                    if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                        return
-                except httpx.HTTPError:
-                    pass
-            time.sleep(0.5)
+            seen = self._health()
+            if self.ready and self.ready in self.log.read_text(errors="replace"):
+                if seen != "200":  # it printed that it serves between two polls
+                    self._health()
+                return
+            if not self.ready and seen == "200":
+                return
+            time.sleep(0.05)
         raise RuntimeError(f"{self.label} did not come up in {timeout_s:.0f} s")
+
+    def _health(self) -> str:
+        import httpx
+
+        try:
+            seen = str(httpx.get(f"{self.url}/health", timeout=1).status_code)
+        except httpx.ConnectError:
+            seen = "refused"
+        except httpx.HTTPError as err:
+            seen = type(err).__name__
+        if not self.timeline or self.timeline[-1][1] != seen:
+            self.timeline.append((time.monotonic() - self.started, seen))
+        return seen
 
     def stop(self) -> None:
         """SIGINT first (ours stops its Ray within 4 s on it), the whole group killed after 30 s."""
@@ -358,7 +371,7 @@ def measure(args, folder: Path, encoder, levels, texts, tokens, labels, work: Pa
     """{level: {label: [Load, or texts/s for the bar, or None, per round]}}, the visiting
     order of each round, and each server's embeddings of 8 texts (from its first visit)."""
     results = {level: {label: [] for label in [*labels, BAR]} for level in levels}
-    orders, samples, notes = [], {}, []
+    orders, samples, notes, starts = [], {}, [], []
     rng = random.Random(args.seed)
     short = tempfile.TemporaryDirectory(prefix="hx", dir="/tmp")
     stats, metrics, *ports = free_ports(2 + len(labels))
@@ -379,6 +392,7 @@ def measure(args, folder: Path, encoder, levels, texts, tokens, labels, work: Pa
             server = start(label, args, folder, ports[labels.index(label)], work, env)
             try:
                 server.wait_ready()
+                starts.append((round_ + 1, label, server.timeline))
                 found = visit(server, levels, texts, tokens, args)
                 if label not in samples:
                     samples[label] = embeddings(server.url, server.route, texts["mixed"][:8])
@@ -390,7 +404,16 @@ def measure(args, folder: Path, encoder, levels, texts, tokens, labels, work: Pa
                 server.stop()
             for level in levels:
                 results[level][label].append(found.get(level))
-    return results, orders, samples, notes
+    return results, orders, samples, notes, starts
+
+
+def start_table(starts) -> str:
+    """What a health check polling every 50 ms saw from each start until the server served."""
+    rows = []
+    for round_, label, timeline in starts:
+        seen = [f"{what} from {at:.1f} s" for at, what in timeline]
+        rows.append([round_, label, "; ".join(seen)])
+    return markdown_table(["round", "server", "GET /health, from the process start"], rows, "rll")
 
 
 def per_s(load) -> float | None:
@@ -602,10 +625,12 @@ def main(argv: list[str] | None = None) -> int:
     encoder = backend_choice.load(ours, str(folder), None, False, None)[0]
     texts = {k: sample_texts(TEXTS_PER_KIND, 1, k) for k in ("queries", "passages", "mixed")}
     tokens = {k: token_counts(encoder, v) for k, v in texts.items()}
-    results, orders, samples, notes = measure(
+    results, orders, samples, notes, starts = measure(
         args, folder, encoder, levels, texts, tokens, [OURS, *peers], work
     )
     body = report(args, folder, ours, results, levels, peers, orders, samples, notes, tokens)
+    body += "\nStart-up, as a health check sees it (ours: until it prints that it serves):\n\n"
+    body += start_table(starts)
     from trainers.config import TrainConfig
     from trainers.data import load_split
 

@@ -106,6 +106,7 @@ def test_serving_smoke(tmp_path):
     )
     assert "our default backend (`--backend auto`)" in text and "| onnx-int8 |" in text
     assert "Ours: `python serve/app.py --model FOLDER --port P`" in text
+    assert re.search(r"\| 1 \| ours \| refused from [\d.]+ s;.* 200 from [\d.]+ s \|", text), text
     for row in re.findall(r"^\| [^|]+ \| ours \|.*$", text, flags=re.M):
         assert row.split("|")[8].strip() == "0", row  # every request answered 200
     # Serve adds HTTP and batching to the same backend's encode of the same batches: a fraction
