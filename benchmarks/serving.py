@@ -12,10 +12,10 @@ exports its best model. Then, on loopback ports 8100-8199, one at a time:
 - ours: ``python serve/app.py --model FOLDER --port P``, the README's command and nothing else
   (one 1-CPU replica per core, the backend ``auto`` picks);
 - infinity-emb 0.0.78 (a dedicated embedding server), in a virtual environment this script
-  makes under --peers-dir, with its defaults (model warm-up on; on CPU it takes the quantized
-  file when the folder has one, as ours takes int8 when it passed the gate): its ONNX Runtime
-  engine (optimum) with its graph optimizer on (its default) and off
-  (INFINITY_ONNX_DISABLE_OPTIMIZE=1); the faster of the two in each round is "infinity's best";
+  makes under --peers-dir, with its defaults (model warm-up on) on the one ONNX file ours
+  serves (fp32, or int8 where int8 passed the gate): its ONNX Runtime engine (optimum) with
+  its graph optimizer on (its default) and off (INFINITY_ONNX_DISABLE_OPTIMIZE=1); the
+  faster of the two in each round is "infinity's best";
 - the in-process bar: the backend ours serves, encoding the same texts at the same batch sizes
   in this process, with every library default (ONNX Runtime: a thread per core).
 
@@ -254,20 +254,26 @@ def peer_venv(root: Path, spec: str) -> Path:
     return venv
 
 
-def infinity_folder(folder: Path, work: Path) -> Path:
-    """The model as infinity's optimum engine finds it: its ONNX files at the folder's root, run
-    from inside the folder (with onnx/ beside them it asks optimum for "onnx/model.onnx", which
-    optimum's lookup by bare name never finds); int8 named so its CPU default prefers it."""
+def infinity_folder(folder: Path, work: Path, served: str) -> Path:
+    """The model as infinity's optimum engine finds it, with the one ONNX file ours serves.
+
+    Only that file: with both beside each other infinity's CPU default takes the int8 one
+    even where int8 failed the gate ours applies (a different model, not the same one faster).
+    At the folder's root, run from inside it: with onnx/ beside them infinity asks optimum for
+    "onnx/model.onnx", which optimum's lookup by bare name never finds."""
     target = work / "model-infinity"
     if not target.exists():
         shutil.copytree(folder, target, ignore=shutil.ignore_patterns("onnx"))
-        shutil.copy(folder / "onnx" / "model.onnx", target / "model.onnx")
-        if (folder / "onnx" / "model_qint8.onnx").is_file():
+        if served == "onnx-int8":  # named as infinity's CPU default looks for it
             shutil.copy(folder / "onnx" / "model_qint8.onnx", target / "model_quantized.onnx")
+        else:
+            shutil.copy(folder / "onnx" / "model.onnx", target / "model.onnx")
     return target
 
 
-def start(label: str, args, folder: Path, port: int, work: Path, env: dict[str, str]) -> Server:
+def start(
+    label: str, args, folder: Path, port: int, work: Path, env: dict[str, str], served: str
+) -> Server:
     url = f"http://127.0.0.1:{port}"
     log = work / f"{label.replace(' ', '-').replace(',', '')}.log"
     if label == OURS:
@@ -280,7 +286,7 @@ def start(label: str, args, folder: Path, port: int, work: Path, env: dict[str, 
     ]  # fmt: skip
     flags = {"INFINITY_ONNX_DISABLE_OPTIMIZE": "1"} if "optimizer off" in label else {}
     return Server(
-        label, command, url, "/embeddings", infinity_folder(folder, work), log, flags, ""
+        label, command, url, "/embeddings", infinity_folder(folder, work, served), log, flags, ""
     )  # fmt: skip
 
 
@@ -367,7 +373,7 @@ def embeddings(url: str, route: str, texts: list[str]) -> dict:
     return got
 
 
-def measure(args, folder: Path, encoder, levels, texts, tokens, labels, work: Path):
+def measure(args, folder: Path, served: str, encoder, levels, texts, tokens, labels, work: Path):
     """{level: {label: [Load, or texts/s for the bar, or None, per round]}}, the visiting
     order of each round, and each server's embeddings of 8 texts (from its first visit)."""
     results = {level: {label: [] for label in [*labels, BAR]} for level in levels}
@@ -389,7 +395,7 @@ def measure(args, folder: Path, encoder, levels, texts, tokens, labels, work: Pa
                 for level in levels:
                     results[level][BAR].append(rates.get(level))
                 continue
-            server = start(label, args, folder, ports[labels.index(label)], work, env)
+            server = start(label, args, folder, ports[labels.index(label)], work, env, served)
             try:
                 server.wait_ready()
                 starts.append((round_ + 1, label, server.timeline))
@@ -626,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     texts = {k: sample_texts(TEXTS_PER_KIND, 1, k) for k in ("queries", "passages", "mixed")}
     tokens = {k: token_counts(encoder, v) for k, v in texts.items()}
     results, orders, samples, notes, starts = measure(
-        args, folder, encoder, levels, texts, tokens, [OURS, *peers], work
+        args, folder, ours, encoder, levels, texts, tokens, [OURS, *peers], work
     )
     body = report(args, folder, ours, results, levels, peers, orders, samples, notes, tokens)
     body += "\nStart-up, as a health check sees it (ours: until it prints that it serves):\n\n"
