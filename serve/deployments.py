@@ -39,6 +39,9 @@ BATCH_DEFAULTS = {
 }
 
 
+SHARE_FROM = 16  # texts in a request from which half is encoded by another replica
+
+
 class Encoded(NamedTuple):
     """One text out of the batcher."""
 
@@ -70,6 +73,7 @@ class EmbeddingService:
         self.batched_texts = 0
         self.in_flight = 0
         self.rejected = 0
+        self._handle = None  # to the deployment itself, made on the first large request
         self.encode.set_max_batch_size(self.args.max_batch_size)
         self.encode.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
         # Loaded in the constructor, not in a background thread: Serve routes no request to a
@@ -162,13 +166,18 @@ class EmbeddingService:
             texts = [self.query_prompt + t for t in texts]
         if len(texts) == 1:  # the common case, without a task per text
             encoded = [await self.encode(texts[0])]
+        elif len(texts) < SHARE_FROM:
+            encoded = await self.encode_share(texts)
         else:
-            # A request of many texts joins the batch queue one batch's worth at a time: a
-            # query that arrives meanwhile waits for one batch of it, not for all its texts
-            # (256 passages took seconds on one core; tests/serve/test_app.py holds this).
-            encoded, step = [], self.args.max_batch_size
-            for i in range(0, len(texts), step):
-                encoded += await asyncio.gather(*(self.encode(t) for t in texts[i : i + step]))
+            # A replica encodes on one core (one 1-CPU replica per core), so a large request
+            # alone left the other cores idle: batches of 32 from one client ran at 0.61x of
+            # in-process encode on 2 cores (#29). Half goes to the deployment's handle, whose
+            # router picks the replica with the fewest requests (usually another one).
+            half = len(texts) // 2
+            mine, theirs = await asyncio.gather(
+                self.encode_share(texts[:half]), self._elsewhere(texts[half:])
+            )
+            encoded = mine + theirs
         embeddings = truncate(np.stack([e.vector for e in encoded]), parsed.dimensions)
         tokens = sum(e.tokens for e in encoded)
         # X-Batch-Size: the mean size of the batches this request's inputs were encoded in. The
@@ -182,6 +191,30 @@ class EmbeddingService:
         ):
             headers["x-dimensions-untrained"] = str(parsed.dimensions)
         return 200, render(embeddings, parsed, self.name, tokens), headers
+
+    async def encode_share(self, texts: list[str]) -> list[Encoded]:
+        """``texts`` through this replica's batcher (a request's, or a share of another
+        replica's request), joining the batch queue one batch's worth at a time: a query that
+        arrives meanwhile waits for one batch of it, not for all its texts (256 passages took
+        seconds on one core; tests/serve/test_app.py holds this)."""
+        encoded, step = [], self.args.max_batch_size
+        for i in range(0, len(texts), step):
+            encoded += await asyncio.gather(*(self.encode(t) for t in texts[i : i + step]))
+        return encoded
+
+    async def _elsewhere(self, texts: list[str]) -> list[Encoded]:
+        """``texts`` encoded by whichever replica Serve's router picks; here if that fails (the
+        replica it picked died): a share never costs the request."""
+        try:
+            if self._handle is None:
+                context = serve.get_replica_context()
+                self._handle = serve.get_deployment_handle(context.deployment, context.app_name)
+            return await self._handle.encode_share.remote(texts)
+        except Exception as err:  # Ray's errors for a dead or unreachable replica vary
+            logger.warning(
+                "a share of %d texts failed elsewhere (%r): encoding it here", len(texts), err
+            )
+            return await self.encode_share(texts)
 
     async def probe(self) -> dict[str, Any]:
         """Encode one text through the batcher, as a request would: the readiness check."""

@@ -51,6 +51,17 @@ def deploy(serve_url: str, args: dict, name: str, route_prefix: str, **options) 
     return url
 
 
+def replica_processes(app: str) -> list:
+    """The processes of app ``app``'s EmbeddingService replicas (psutil.Process)."""
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if f"ServeReplica:{app}:EmbeddingService" in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
 def own_serve_env() -> dict[str, str]:
     """Environment for a second Serve (in a subprocess) next to this session's: HAProxy's files
     and side ports must not collide (and a unix socket path must stay under 108 bytes, so no

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from tests.serve.conftest import deploy, free_port, own_serve_env
+from tests.serve.conftest import deploy, free_port, own_serve_env, replica_processes
 from trainers.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -251,29 +251,43 @@ def test_bundled_minilm_is_served_exactly(serve_url):
 
 
 @pytest.mark.slow
-def test_a_query_waits_for_one_batch_of_a_large_request_not_for_all_of_it(serve_url):
-    """256 passages in one request, then a query: the query is answered first (the request
-    joins the batch queue 32 texts at a time; all at once, the query came after all 256)."""
+def test_a_large_request_is_shared_by_the_replicas_and_a_query_waits_for_one_batch(serve_url):
+    """256 passages in one request, then a query, on two 1-thread replicas. Both replicas
+    encode the passages (half goes to the other replica), and the query is answered well
+    before them: the request joins each batch queue 32 texts at a time, so the query waits
+    for the batch being encoded and at most the next (a replica reads a request only between
+    batches). All at once, the query came after all of them (answered with the last)."""
     from serve.loadtest import sample_texts
+    from trainers.models import load_model
 
-    url = deploy(serve_url, {"model": "bundled:minilm", "name": "fair"}, "fair", "/fair")
+    url = deploy(
+        serve_url, {"model": "bundled:minilm", "name": "fair"}, "fair", "/fair", num_replicas=2
+    )
+    replicas = replica_processes("fair")
+    assert len(replicas) == 2
     passages = sample_texts(256, kind="passages")
 
-    async def big_then_query() -> tuple[float, float, int, int]:
+    async def big_then_query():
         async with httpx.AsyncClient(timeout=120) as client:
             route = f"{url}/v1/embeddings"
             big = asyncio.create_task(client.post(route, json={"input": passages}))
             await asyncio.sleep(0.5)  # its first batches are being encoded
             query = await client.post(route, json={"input": "a text editor"})
             query_done = time.perf_counter()
-            big_reply = await big
-            return query_done, time.perf_counter(), query.status_code, big_reply.status_code
+            return query_done, await big, time.perf_counter(), query.status_code
 
+    cpu_before = [sum(p.cpu_times()[:2]) for p in replicas]
     started = time.perf_counter()
-    query_done, big_done, query_status, big_status = asyncio.run(big_then_query())
-    assert query_status == big_status == 200
+    query_done, big, big_done, query_status = asyncio.run(big_then_query())
+    cpu = [sum(p.cpu_times()[:2]) - b for p, b in zip(replicas, cpu_before, strict=True)]
+    assert query_status == big.status_code == 200
     print(f"query answered at {query_done - started:.2f} s, passages {big_done - started:.2f} s")
-    assert query_done - started < 0.5 * (big_done - started)
+    print(f"replica CPU seconds meanwhile: {cpu}")
+    assert query_done - started < 0.75 * (big_done - started)
+    assert min(cpu) > 0.3 * max(cpu), cpu  # both encoded, not one of them alone
+    got = np.array([d["embedding"] for d in big.json()["data"]])
+    expected = load_model("bundled:minilm").encode(passages, normalize_embeddings=True)
+    np.testing.assert_allclose(got, expected, atol=1e-5)  # in order, whoever encoded them
     from ray import serve
 
     serve.delete("fair")

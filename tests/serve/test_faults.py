@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from serve import loadtest
-from tests.serve.conftest import deploy, free_port, own_serve_env
+from tests.serve.conftest import deploy, free_port, own_serve_env, replica_processes
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,14 +79,6 @@ def test_a_signal_stops_the_server_in_5_s_and_leaves_no_ray_process(tiny_model_p
     assert took <= 5.0, f"{signal.Signals(signum).name} took {took:.1f} s to stop: {rest[-3000:]}"
     time.sleep(0.5)  # reaped processes leave the table
     assert not ray_processes(processes), ray_processes(processes)
-
-
-def replica_processes(app: str) -> list[psutil.Process]:
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if f"ServeReplica:{app}:EmbeddingService" in " ".join(process.info["cmdline"] or []):
-            found.append(process)
-    return found
 
 
 @pytest.mark.slow
