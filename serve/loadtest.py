@@ -210,7 +210,7 @@ class Connection:
         - the connection closed after the answer's headers, before the end of its body. A
           replica SIGKILLed between the two socket writes of one answer (uvicorn writes the
           headers, then the body) does this, and HAProxy cannot replay an answer whose headers
-          it has passed on (README, Fault tolerance).
+          it has passed on (README, Faults).
         Each resend counts in ``replays``, by why; a resend that fails raises as any post does.
         """
         try:
