@@ -231,32 +231,13 @@ def test_api_key_is_required_when_configured(serve_url, tiny_model_path):
 
 
 @pytest.mark.slow
-def test_bundled_minilm_is_served_exactly(serve_url):
-    from trainers.models import load_model
-
-    url = deploy(serve_url, {"model": "bundled:minilm", "name": "minilm"}, "minilm", "/minilm")
-    model = load_model("bundled:minilm")
-    texts = ["Real-time strategy game of ancient warfare", "GNU C compiler", "x" * 5000]
-    expected = model.encode(texts, normalize_embeddings=True)
-    for dims in (None, 256, 64):
-        reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts}).json()
-        got = np.array([d["embedding"] for d in reply["data"]])
-        np.testing.assert_allclose(got, unit(expected[:, : dims or 384]), atol=1e-5)
-    # usage: the model's own tokens, truncated at its max_seq_length as encode truncates
-    ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
-    assert reply["usage"]["prompt_tokens"] == sum(len(i) for i in ids)
-    from ray import serve
-
-    serve.delete("minilm")
-
-
-@pytest.mark.slow
-def test_a_large_request_is_shared_by_the_replicas_and_a_query_waits_for_one_batch(serve_url):
+def test_bundled_minilm_is_served_exactly_and_a_large_request_is_shared(serve_url):
     """256 passages in one request, then a query, on two 1-thread replicas. Both replicas
     encode the passages (half goes to the other replica), and the query is answered well
     before them: the request joins each batch queue 32 texts at a time, so the query waits
     for the batch being encoded and at most the next (a replica reads a request only between
-    batches). All at once, the query came after all of them (answered with the last)."""
+    batches). All at once, the query came after all of them (answered with the last). Then
+    small requests: each embedding equals in-process encode at full and truncated dims."""
     from serve.loadtest import sample_texts
     from trainers.models import load_model
 
@@ -286,8 +267,20 @@ def test_a_large_request_is_shared_by_the_replicas_and_a_query_waits_for_one_bat
     assert query_done - started < 0.75 * (big_done - started)
     assert min(cpu) > 0.3 * max(cpu), cpu  # both encoded, not one of them alone
     got = np.array([d["embedding"] for d in big.json()["data"]])
-    expected = load_model("bundled:minilm").encode(passages, normalize_embeddings=True)
+    model = load_model("bundled:minilm")
+    expected = model.encode(passages, normalize_embeddings=True)
     np.testing.assert_allclose(got, expected, atol=1e-5)  # in order, whoever encoded them
+
+    # Served exactly, small requests too: full and truncated dims, and usage.
+    texts = ["Real-time strategy game of ancient warfare", "GNU C compiler", "x" * 5000]
+    expected = model.encode(texts, normalize_embeddings=True)
+    for dims in (None, 256, 64):
+        reply = post(url, {"input": texts, "dimensions": dims} if dims else {"input": texts}).json()
+        got = np.array([d["embedding"] for d in reply["data"]])
+        np.testing.assert_allclose(got, unit(expected[:, : dims or 384]), atol=1e-5)
+    # usage: the model's own tokens, truncated at its max_seq_length as encode truncates
+    ids = model.tokenizer(texts, truncation=True, max_length=model.max_seq_length)["input_ids"]
+    assert reply["usage"]["prompt_tokens"] == sum(len(i) for i in ids)
     from ray import serve
 
     serve.delete("fair")
