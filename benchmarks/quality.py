@@ -19,8 +19,8 @@ difference reaches its bar and the interval's lower end is above 0:
 1. the pipeline at the smallest dim - the base model at full dim >= +0.02 MAP@100;
 2. the pipeline - the seed recipe (authors' epochs) >= +0.02 MAP@100, at every dim;
 3. the pipeline - the base model > 0, at every dim;
-4. on the guard set, the pipeline within 0.01 MAP@100 of the base at every dim (the sweep's
-   own guard figures: no interval).
+4. on every *verifying* guard source (which chose nothing), the pipeline within 0.01 MAP@100
+   of the base at every dim (the sweep's own guard figures: no interval).
 """
 
 from __future__ import annotations
@@ -199,19 +199,24 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
             ", ".join(f"{d}: {interval(v)}" for d, v in vs_base.items()),
         ),
     ]
-    guard = record.get("guard", {})
+    guard, roles = record.get("guard", {}), record.get("guard_roles", {})
     exported = record["exported"]
-    if guard:
+    verifying = [name for name, role in roles.items() if role == "verify"]
+    if verifying:
         drops = {
-            d: guard["base"][f"dim_{d}_cosine_map@100"] - guard[exported][f"dim_{d}_cosine_map@100"]
+            (name, d): guard[name]["base"][f"dim_{d}_cosine_map@100"]
+            - guard[name][exported][f"dim_{d}_cosine_map@100"]
+            for name in verifying
             for d in dims
         }
         targets.append(
             (
-                f"guard set: pipeline within {GUARD_TOLERANCE} MAP@100 of base at every dim "
-                f"(mixing factor {record['mix_factor']:g}; the sweep's figures, no interval)",
+                f"verifying guard sources ({', '.join(verifying)}): pipeline within "
+                f"{GUARD_TOLERANCE} MAP@100 of base at every dim (mixing factor "
+                f"{record['mix_factor']:g}, chosen on the choosing sources; the sweep's "
+                "figures, no interval)",
                 all(drop <= GUARD_TOLERANCE for drop in drops.values()),
-                ", ".join(f"{d}: {-drop:+.4f}" for d, drop in drops.items()),
+                ", ".join(f"{name} {d}: {-drop:+.4f}" for (name, d), drop in drops.items()),
             )
         )
     target_rows = [
@@ -237,11 +242,13 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
     guard_lines += markdown_table(
         ["dim", *record["test"]], sweep_rows, "r" * (len(record["test"]) + 1)
     )
-    if guard:
-        rows = [[d] + [f"{m[f'dim_{d}_cosine_map@100']:.4f}" for m in guard.values()] for d in dims]
-        guard_lines += "\nGuard set (MAP@100, the sweep's figures):\n\n" + markdown_table(
-            ["dim", *guard], rows, "r" * (len(guard) + 1)
-        )
+    for name, scores in guard.items():
+        rows = [
+            [d] + [f"{m[f'dim_{d}_cosine_map@100']:.4f}" for m in scores.values()] for d in dims
+        ]
+        role = "chooses" if roles.get(name) == "choose" else "verifies"
+        guard_lines += f"\nGuard source {name} ({role}; MAP@100, the sweep's figures):\n\n"
+        guard_lines += markdown_table(["dim", *scores], rows, "r" * (len(scores) + 1))
     return (
         f"Sweep `{sweep}` (model `{name}`). The pipeline's model: **{exported}**; refit on "
         f"{refit.max_pairs} pairs for {epochs_text(refit.epochs)}. The seed recipe (lr "

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from sweeps.space import DISTRIBUTIONS, Param
 from trainers import config as config_lib
@@ -64,33 +64,81 @@ class RefitConfig(Config):
     )
 
 
-class GuardConfig(Config):
-    """A data set out of the training domain: what fine-tuning must not cost the base model.
+class GuardSource(Config):
+    """One out-of-domain pairs set of the guard: a built-in name, a pairs file or a hub id."""
 
-    Base, seed recipe, best trial and refit are all scored on it at every dim, and the exported
-    model is mixed with the base in weight space (WiSE-FT) when that is what keeps it within
-    ``tolerance`` of the base: of the factors in ``mix``, the one with the best validation
-    objective among those within tolerance at every dim.
-    """
-
-    data: str = Field("wordnet", description="'wordnet' (built in), a pairs file, or a hub id")
+    data: str = Field(
+        description="built in: wordnet, python-docstrings, unix-faqs, vim-faq (trainers/"
+        "docsets.py); or a .jsonl/.csv/.parquet pairs file, or a hub id"
+    )
     data_split: str = Field("train", description="split to read from a Hugging Face data set")
     query_column: str = Field("anchor", description="column holding the query")
     passage_column: str = Field("positive", description="column holding the relevant passage")
     group_column: str | None = Field(None, description="optional group id column")
     max_pairs: Annotated[int, Field(ge=4)] | None = Field(
-        2000, description="pairs drawn (seeded) for the guard task: its corpus"
+        1000, description="pairs drawn (seeded) for its task: the corpus"
     )
     max_queries: Annotated[int, Field(ge=1)] | None = Field(
-        500, description="queries drawn from them"
+        300, description="queries drawn from them"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        # `choose: [wordnet, unix-faqs]` is short for [{data: wordnet}, {data: unix-faqs}].
+        return {"data": value} if isinstance(value, str) else value
+
+
+def _sources(*names: str) -> tuple[GuardSource, ...]:
+    return tuple(GuardSource(data=name) for name in names)
+
+
+class GuardConfig(Config):
+    """Data sets out of the training domain: what fine-tuning must not cost the base model.
+
+    Two roles, as validation and test have. The ``choose`` sources decide: the exported model is
+    mixed with the base in weight space (WiSE-FT), with the factor in ``mix`` that has the best
+    validation objective among those that keep every choosing source within ``tolerance`` of the
+    base at every dim. The ``verify`` sources decide nothing: they are scored on the base and
+    the exported model once the choice is made, and the report says the guard held only if
+    they held. A source must not serve in both roles.
+    """
+
+    choose: tuple[GuardSource, ...] = Field(
+        _sources("wordnet", "python-docstrings", "unix-faqs"),
+        min_length=1,
+        description="sources the mixing factor is chosen on",
+    )
+    verify: tuple[GuardSource, ...] = Field(
+        _sources("vim-faq"), description="sources only reported (they choose nothing)"
     )
     tolerance: float = Field(
         0.01, ge=0, description="MAP@100 the exported model may lose against the base, any dim"
     )
     mix: tuple[Annotated[float, Field(gt=0, le=1)], ...] = Field(
-        (0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+        (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
         description="WiSE-FT factors tried (share of the fine-tuned weights; 1 = as trained)",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_form(cls, value: Any) -> Any:
+        if isinstance(value, Mapping) and "data" in value:
+            raise ValueError(
+                f"guard: {{data: {value['data']}}} is the old one-set form: write guard: "
+                f"{{choose: [{value['data']}]}} (see sweeps/configs/local.yaml)"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _one_role_each(self) -> GuardConfig:
+        both = {s.data for s in self.choose} & {s.data for s in self.verify}
+        if both:
+            raise ValueError(
+                f"{sorted(both)} both choose and verify: a verifying source must not take part "
+                "in the choice; move it to one of the two lists"
+            )
+        return self
 
 
 class SweepConfig(Config):

@@ -8,9 +8,11 @@ machine) that:
 2. keeps the refit only if it beats the best trial on the **validation** split;
 3. scores base model, seed recipe, best trial and refit on the **test** split, which picks
    nothing (trials, epochs, refit, mixing factor and backends are all chosen on validation);
-4. with a ``guard:`` set, scores them all on it too and mixes the kept model with the base in
-   weight space (WiSE-FT), choosing the factor on validation subject to the guard set staying
-   within ``tolerance`` of the base at every dim; the mix is scored on the test split;
+4. with a ``guard:``, scores them all on its out-of-domain sources too and mixes the kept model
+   with the base in weight space (WiSE-FT), choosing the factor on validation subject to every
+   *choosing* source staying within ``tolerance`` of the base at every dim; the *verifying*
+   sources, like the test split, pick nothing: they say whether the guard held. The mix is
+   scored on the test split;
 5. saves the exported model to <storage>/<name>/best.
 
 Everything it measures comes back as a ``Verdict`` for the report.
@@ -52,10 +54,14 @@ class Pick:
 
 @dataclass
 class Verdict:
-    """What the finish task measured. ``test`` and ``guard``: model label -> metrics."""
+    """What the finish task measured. ``test``: model label -> metrics; ``guard``: source ->
+    model label -> metrics, each source in ``guard_roles`` ("choose" or "verify")."""
 
     test: dict[str, dict[str, float]] = field(default_factory=dict)
-    guard: dict[str, dict[str, float]] = field(default_factory=dict)
+    guard: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    guard_roles: dict[str, str] = field(default_factory=dict)
+    guard_tasks: dict[str, str] = field(default_factory=dict)  # source -> "N queries against M"
+    guard_held: bool | None = None  # every verifying source within tolerance at every dim
     mixes: list[dict[str, Any]] = field(default_factory=list)  # one per factor tried
     mix: float = 1.0  # the chosen factor (1: the kept model unmixed)
     mix_rule: str = ""
@@ -66,7 +72,6 @@ class Verdict:
     refit_pairs: int = 0
     validation: dict[str, dict[str, float]] = field(default_factory=dict)  # best trial, refit
     test_task: str = ""
-    guard_task: str = ""
     backends: dict[str, Any] = field(default_factory=dict)  # the ONNX gate's record
     data: dict[str, Any] = field(default_factory=dict)  # the split's fingerprint (trainers.data)
     seconds: dict[str, float] = field(default_factory=dict)
@@ -179,12 +184,10 @@ def _keep(config: SweepConfig, models: dict, validation, verdict: Verdict) -> st
 
 def _score(models: dict, task, base_config, into: dict, split: str) -> float:
     """Every model's metrics on ``task`` (of ``split``), into ``into``; the seconds it took."""
-    from trainers.tasks import evaluate
-
     started = time.perf_counter()
     for label, model in models.items():
         say(f"scoring {label} on the {split} split ({task.describe()})")
-        into[label] = evaluate(model, task, base_config)
+        into[label] = _evaluate(model, task, base_config, base=label == "base")
     return time.perf_counter() - started
 
 
@@ -197,27 +200,67 @@ def _guard_and_mix(
     kept_validation: dict | None,
     verdict: Verdict,
 ):
-    """Every model on the guard set, then the kept model mixed with the base (``_mix``); the
-    exported model and its validation metrics."""
-    from trainers.tasks import evaluate, pairs_task
+    """Every model on every guard source, then the kept model mixed with the base (``_mix``,
+    on the choosing sources); the exported model on the verifying sources; the exported model
+    and its validation metrics."""
+    from trainers.tasks import pairs_task
 
     started = time.perf_counter()
     guard, base_config = config.guard, config.train
-    task = pairs_task(guard, guard.max_pairs, guard.max_queries, base_config.seed)
-    verdict.guard_task = f"{guard.data}: {task.describe()}"
-    say(f"scoring every model on the guard set ({verdict.guard_task}) and mixing")
-    for label, model in models.items():
-        verdict.guard[label] = evaluate(model, task, base_config)
+    tasks = {}
+    for role, sources in (("choose", guard.choose), ("verify", guard.verify)):
+        for source in sources:
+            task = pairs_task(source, source.max_pairs, source.max_queries, base_config.seed)
+            tasks[source.data] = task
+            verdict.guard_roles[source.data] = role
+            verdict.guard_tasks[source.data] = task.describe()
+    say(
+        "scoring every model on the guard's sources ("
+        + "; ".join(f"{n} ({verdict.guard_roles[n]}): {d}" for n, d in verdict.guard_tasks.items())
+        + ") and mixing"
+    )
+    for name, task in tasks.items():
+        verdict.guard[name] = {
+            label: _evaluate(model, task, base_config, base=label == "base")
+            for label, model in models.items()
+        }
+    choosing = {n: t for n, t in tasks.items() if verdict.guard_roles[n] == "choose"}
     exported, exported_validation = _mix(
-        verdict, config, models["base"], models[kept], kept, task, validation, kept_validation
+        verdict, config, models["base"], models[kept], kept, choosing, validation, kept_validation
     )
     if verdict.mix < 1:
         verdict.exported = f"{kept}, mixed {verdict.mix:g}"
-        verdict.test[verdict.exported] = evaluate(exported, test, base_config)
+        verdict.test[verdict.exported] = _evaluate(exported, test, base_config)
         chosen = next(m for m in verdict.mixes if m["factor"] == verdict.mix)
-        verdict.guard[verdict.exported] = chosen["guard"]
+        for name, task in tasks.items():
+            # The choosing sources were scored while choosing; the verifying ones only now,
+            # once the choice is made.
+            verdict.guard[name][verdict.exported] = chosen["guard"].get(name) or _evaluate(
+                exported, task, base_config
+            )
+    verdict.guard_held = all(
+        drop <= guard.tolerance
+        for name, role in verdict.guard_roles.items()
+        if role == "verify"
+        for drop in drops(verdict.guard[name]["base"], verdict.guard[name][verdict.exported])
+    )
     verdict.seconds["guard and mixing"] = time.perf_counter() - started
     return exported, exported_validation
+
+
+def drops(base: dict[str, float], model: dict[str, float]) -> list[float]:
+    """MAP@100 lost against the base at each dim (positive: worse than the base)."""
+    return [
+        base[key] - model[key] for key in base if key.startswith("dim_") and key.endswith("map@100")
+    ]
+
+
+def _evaluate(model, task, base_config, base: bool = False) -> dict[str, float]:
+    """``model``'s metrics on ``task``; the base model's come from the score cache when it
+    scored this very task before (trainers.tasks.evaluate_cached)."""
+    from trainers.tasks import evaluate, evaluate_cached
+
+    return evaluate_cached(model, task, base_config) if base else evaluate(model, task, base_config)
 
 
 def _export_and_gate(
@@ -257,61 +300,70 @@ def _mix(
     base,
     tuned,
     label: str,
-    guard_task,
+    choosing: dict,
     validation,
     tuned_validation: dict[str, float] | None,
 ) -> tuple[Any, dict[str, float]]:
-    """WiSE-FT: the factor with the best validation objective among those within the guard's
-    tolerance of the base at every dim; the mixed model and its validation metrics.
-    ``tuned_validation``: the tuned model's validation metrics if already measured."""
+    """WiSE-FT: the factor with the best validation objective among those that keep every
+    choosing source within the guard's tolerance of the base at every dim; the mixed model and
+    its validation metrics. ``tuned_validation``: the tuned model's validation metrics if
+    already measured. Validation is scored only for factors within the guard: the others
+    cannot be chosen."""
     from trainers.interpolate import interpolate
     from trainers.tasks import evaluate
 
     guard, train = config.guard, config.train
-    base_guard = verdict.guard["base"]
     tried, models, validations = [], {}, {}
     for factor in sorted(set(guard.mix), reverse=True):
         mixed = tuned if factor == 1 else interpolate(base, tuned, factor)
-        # Factor 1 is the tuned model itself: its guard metrics are already measured.
-        guard_metrics = verdict.guard[label] if factor == 1 else evaluate(mixed, guard_task, train)
-        drops = {
-            d: base_guard[f"dim_{d}_cosine_map@100"] - guard_metrics[f"dim_{d}_cosine_map@100"]
-            for d in train.matryoshka_dims
-        }
-        within = all(drop <= guard.tolerance for drop in drops.values())
-        if factor == 1 and tuned_validation is not None:
-            validations[factor] = tuned_validation
-        else:
-            validations[factor] = evaluate(mixed, validation, train)
+        scores = {}
+        for name, task in choosing.items():
+            # Factor 1 is the tuned model itself: its guard metrics are already measured.
+            scores[name] = (
+                verdict.guard[name][label] if factor == 1 else evaluate(mixed, task, train)
+            )
+        largest = max(
+            d for name in choosing for d in drops(verdict.guard[name]["base"], scores[name])
+        )
+        within = largest <= guard.tolerance
+        if within:
+            if factor == 1 and tuned_validation is not None:
+                validations[factor] = tuned_validation
+            else:
+                validations[factor] = evaluate(mixed, validation, train)
+            models[factor] = mixed
         tried.append(
             {
                 "factor": factor,
-                "validation": validations[factor][config.objective],
-                "guard": guard_metrics,
-                "largest_drop": max(drops.values()),
+                "validation": validations[factor][config.objective] if within else None,
+                "guard": scores,
+                "largest_drop": largest,
                 "within": within,
             }
         )
-        models[factor] = mixed
+    if not validations:  # none within: the smallest factor is exported; its validation too
+        smallest = min(guard.mix)
+        models[smallest] = tuned if smallest == 1 else interpolate(base, tuned, smallest)
+        validations[smallest] = evaluate(models[smallest], validation, train)
     verdict.mixes += tried
     verdict.mix, verdict.mix_rule = choose_mix(tried, guard.tolerance, config.objective)
     return models[verdict.mix], validations[verdict.mix]
 
 
 def choose_mix(tried: list[dict[str, Any]], tolerance: float, objective: str) -> tuple[float, str]:
-    """The mixing rule, and how to say it: among the factors that kept the guard set within
-    ``tolerance`` of the base at every dim, the one with the best validation score (the
+    """The mixing rule, and how to say it: among the factors that kept every choosing source
+    within ``tolerance`` of the base at every dim, the one with the best validation score (the
     larger factor on a tie, as ``tried`` runs from large to small); if none did, the smallest
     factor tried, the one nearest the base."""
     within = [m for m in tried if m["within"]]
     if not within:
         chosen = min(m["factor"] for m in tried)
         return chosen, (
-            f"no factor kept the guard set within {tolerance} MAP@100 of the base at every "
-            f"dim: the smallest tried, {chosen:g}, is exported"
+            f"no factor kept the choosing sources within {tolerance} MAP@100 of the base at "
+            f"every dim: the smallest tried, {chosen:g}, is exported"
         )
     chosen = max(within, key=lambda m: m["validation"])["factor"]
     return chosen, (
-        f"the best validation {objective} among the factors that keep the guard set "
+        f"the best validation {objective} among the factors that keep every choosing source "
         f"within {tolerance} MAP@100 of the base at every dim"
     )

@@ -21,7 +21,7 @@ from typing import Any
 from sweeps.card import dim_table, fmt
 from sweeps.choose import TrialRow
 from sweeps.config import SweepConfig
-from sweeps.finish import Verdict
+from sweeps.finish import Verdict, drops
 from sweeps.sampler import choose_sampler
 from sweeps.space import optuna_distributions
 from sweeps.trainable import OBJECTIVE
@@ -346,27 +346,61 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
             *gate_table(verdict.backends, list(config.dims)),
         ]
     if verdict.guard:
-        guard = config.guard
+        lines += guard_lines(config, verdict)
+    return lines
+
+
+def guard_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
+    """The guard's sources at every dim, in their roles, and the mixing factors tried."""
+    tolerance = config.guard.tolerance
+    verifying = [n for n, role in verdict.guard_roles.items() if role == "verify"]
+    if not verifying:
+        held = "No source verifies (guard: verify is empty): nothing says whether the guard held."
+    elif verdict.guard_held:
+        held = f"**The guard held**: every verifying source is within {tolerance} at every dim."
+    else:
+        held = (
+            f"**The guard did not hold**: a verifying source lost more than {tolerance} MAP@100 "
+            "at some dim (below)."
+        )
+    lines = [
+        "",
+        "## Guard (out of domain)",
+        "",
+        "Out-of-domain sources, MAP@100 at every dim. The *choosing* sources choose the mixing "
+        f"factor (each must stay within {tolerance} of the base at every dim); the *verifying* "
+        "sources, like the test split, choose nothing: they are scored after the choice and "
+        f"say whether the guard held. {held}",
+    ]
+    for name, role in verdict.guard_roles.items():
+        scores = verdict.guard[name]
         lines += [
             "",
-            "## Guard set (out of domain)",
+            f"**{name}** ({'chooses' if role == 'choose' else 'verifies'}; "
+            f"{verdict.guard_tasks[name]}):",
             "",
-            f"{verdict.guard_task}. MAP@100 at every dim; the exported model may lose at most "
-            f"{guard.tolerance} against the base.",
-            "",
-            *dim_table(config, verdict.guard, "map@100"),
-            "",
-            "Weight-space mixing with the base model (WiSE-FT; factor = share of the fine-tuned "
-            f"weights), chosen by: {verdict.mix_rule}. **Chosen factor: {verdict.mix:g}.**",
-            "",
-            f"| factor | validation {config.objective} | largest guard MAP@100 drop | within |",
-            "|---:|---:|---:|---|",
+            *dim_table(config, scores, "map@100"),
         ]
-        for m in verdict.mixes:
-            lines.append(
-                f"| {m['factor']:g} | {m['validation']:.4f} | {m['largest_drop']:+.4f} | "
-                f"{'yes' if m['within'] else 'no'} |"
-            )
+    choosing = [n for n, role in verdict.guard_roles.items() if role == "choose"]
+    lines += [
+        "",
+        "Weight-space mixing with the base model (WiSE-FT; factor = share of the fine-tuned "
+        f"weights), chosen by: {verdict.mix_rule}. **Chosen factor: {verdict.mix:g}.** "
+        "Validation is scored only where the choosing sources held.",
+        "",
+        f"| factor | validation {config.objective} | "
+        + " | ".join(f"{n}: largest drop" for n in choosing)
+        + " | within |",
+        "|---:|---:|" + "---:|" * len(choosing) + "---|",
+    ]
+    for m in verdict.mixes:
+        largest = [max(drops(verdict.guard[n]["base"], m["guard"][n])) for n in choosing]
+        validation = "-" if m["validation"] is None else f"{m['validation']:.4f}"
+        lines.append(
+            f"| {m['factor']:g} | {validation} | "
+            + " | ".join(f"{d:+.4f}" for d in largest)
+            + f" | {'yes' if m['within'] else 'no'} |"
+        )
     return lines
 
 

@@ -76,7 +76,14 @@ def smoke_overrides() -> dict[str, Any]:
             "eval_batch_size": 64,
         },
         "refit": {"max_pairs": 96},
-        "guard": {"data": "wordnet", "max_pairs": 120, "max_queries": 40, "mix": [0.5, 1.0]},
+        "guard": {
+            "choose": [
+                {"data": "wordnet", "max_pairs": 120, "max_queries": 40},
+                {"data": "unix-faqs", "max_pairs": 120, "max_queries": 40},
+            ],
+            "verify": [{"data": "vim-faq", "max_pairs": 120, "max_queries": 40}],
+            "mix": [0.5, 1.0],
+        },
         "search": {
             "learning_rate": {"loguniform": [1.0e-5, 1.0e-2]},
             "batch_size": {"choice": [8, 16, 32]},

@@ -24,6 +24,7 @@ from types import SimpleNamespace
 from typing import Any, Protocol
 
 from trainers.config import TrainConfig
+from trainers.docsets import NAMES as DOCSETS
 from trainers.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -83,24 +84,36 @@ class PairsSource(Protocol):
     group_column: str | None
 
 
-# The built-in sets: name -> (module that builds them, their group column). Both are built with
-# apt from Debian's archive, once, and cached (see the modules).
-BUILT_IN = {"debian": ("trainers.debian", "source"), "wordnet": ("trainers.wordnet", "synset")}
+# The built-in sets: name -> (module that builds them, their group column). Built once, with
+# apt from Debian's archive (python-docstrings: from this Python's own library), then cached
+# (see the modules). Those of trainers.docsets take their name as the argument.
+BUILT_IN = {
+    "debian": ("trainers.debian", "source"),
+    "wordnet": ("trainers.wordnet", "synset"),
+    **{name: ("trainers.docsets", "entry") for name in DOCSETS},
+}
+
+
+def _built_in(name: str):
+    """The module that builds built-in set ``name``, and the arguments its functions take."""
+    import importlib
+
+    module = importlib.import_module(BUILT_IN[name][0])
+    return module, (name,) if module.__name__ == "trainers.docsets" else ()
 
 
 def read_rows(config: PairsSource) -> tuple[list[dict[str, Any]], str | None]:
     """Raw rows from the configured source, and the group column to use (or None)."""
     source = config.data
     if source in BUILT_IN:
-        import importlib
-
-        module, group = BUILT_IN[source]
+        group = BUILT_IN[source][1]
         if (config.query_column, config.passage_column) != ("anchor", "positive"):
             raise DataError(
                 f"the '{source}' data set has the columns anchor (the query) and positive (the "
                 "passage): leave query_column/passage_column at their defaults"
             )
-        return importlib.import_module(module).load_pairs(), config.group_column or group
+        module, args = _built_in(source)
+        return module.load_pairs(*args), config.group_column or group
 
     path = Path(source).expanduser()
     suffix = path.suffix.lower()
@@ -124,8 +137,8 @@ def read_rows(config: PairsSource) -> tuple[list[dict[str, Any]], str | None]:
         dataset = load_dataset(source, split=config.data_split)
     else:
         raise DataError(
-            f"data={source!r}: not 'debian' or 'wordnet', not an existing .jsonl/.csv/.parquet "
-            "file, and not a hub id of the form owner/name"
+            f"data={source!r}: not a built-in set ({', '.join(BUILT_IN)}), not an existing "
+            ".jsonl/.csv/.parquet file, and not a hub id of the form owner/name"
         )
     columns = list(dataset.column_names)
     wanted = [config.query_column, config.passage_column] + (
@@ -347,9 +360,8 @@ def origin(config: PairsSource) -> dict[str, Any]:
     """Where the pairs came from: a built-in set's own record (what apt fetched, when), a
     file's sha256, or a hub id."""
     if config.data in BUILT_IN:
-        import importlib
-
-        return importlib.import_module(BUILT_IN[config.data][0]).origin()
+        module, args = _built_in(config.data)
+        return module.origin(*args)
     path = Path(config.data).expanduser()
     if path.is_file():
         return {"file": str(path), "sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}

@@ -128,6 +128,16 @@ def write_cache(path: Path, pairs: list[dict[str, str]]) -> None:
     logger.info("cached %d pairs in %s", len(pairs), path)
 
 
+def write_cache_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (write, then rename): processes that share the
+    cache never read half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
 def apt_lists(folder: str) -> str:
     """Fetch Debian's package lists (with the English descriptions) into ``folder``/lists with
     apt's own client, as any user may (no lock, no system state touched); the lists' path."""
@@ -265,3 +275,32 @@ def clean(
         }
         for package, short, long in kept
     ]
+
+
+def download_packages(packages: list[str], folder: str, what: str) -> Path:
+    """Fetch ``packages`` (.deb files, no install: any user may) with apt's own client into
+    ``folder`` and unpack them there; the root they were unpacked under. ``what`` names the
+    data set in errors."""
+    if shutil.which("dpkg-deb") is None:
+        raise DebianDataError(
+            f"{what} needs apt and dpkg-deb (Debian/Ubuntu): pass your own out-of-domain pairs "
+            "instead, e.g. guard: {choose: [{data: other-pairs.jsonl}]}"
+        )
+    lists = apt_lists(folder)
+    cache = os.path.join(folder, "cache")
+    os.makedirs(os.path.join(cache, "archives", "partial"), exist_ok=True)
+    cmd = ["apt-get", "download", "-q", "-o", f"Dir::State::Lists={lists}"]
+    cmd += ["-o", f"Dir::Cache={cache}", "-o", "Debug::NoLocking=1", *packages]
+    logger.info("fetching %s: %s", what, " ".join(cmd))
+    done = subprocess.run(cmd, cwd=folder, capture_output=True, text=True)
+    debs = [glob.glob(os.path.join(folder, f"{package}_*.deb")) for package in packages]
+    if done.returncode != 0 or not all(debs):
+        raise DebianDataError(
+            f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr.strip()[-300:]}; "
+            "pass your own out-of-domain pairs instead, e.g. guard: {choose: [{data: "
+            "other-pairs.jsonl}]}"
+        )
+    root = Path(folder, "x")
+    for found in debs:
+        subprocess.run(["dpkg-deb", "-x", found[0], str(root)], check=True)
+    return root

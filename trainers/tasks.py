@@ -78,6 +78,33 @@ def evaluate(model: SentenceTransformer, task: Task, config: TrainConfig) -> dic
     return evaluator(task, config)(model)
 
 
+def evaluate_cached(
+    model: SentenceTransformer, task: Task, config: TrainConfig
+) -> dict[str, float]:
+    """``evaluate``, remembered on disk by what decides the result: the model's weights (a hash
+    of every tensor), the task's queries, passages and judgements, the dims and the sequence
+    length. For the base model, whose scores on a given split are the same in every run: a
+    sweep's test split alone is 11,000 encodes on CPU. ``MATRYOSHKA_CACHE``/scores/."""
+    import hashlib
+    import json
+
+    from trainers.debian import cache_dir, write_cache_text
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    what = [task.queries, task.corpus, {q: sorted(r) for q, r in task.relevant.items()}]
+    what += [list(config.matryoshka_dims), model.max_seq_length, config.objective]
+    digest.update(json.dumps(what, sort_keys=True).encode())
+    path = cache_dir() / "scores" / f"{digest.hexdigest()[:32]}.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    metrics = evaluate(model, task, config)
+    write_cache_text(path, json.dumps(metrics))
+    return metrics
+
+
 def paired_bootstrap(
     a, b, resamples: int = 2000, seed: int = 0, level: float = 0.95
 ) -> tuple[float, float, float]:

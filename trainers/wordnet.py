@@ -15,17 +15,13 @@ with at least two words and a word list of their own are kept, so each query has
 
 from __future__ import annotations
 
-import glob
 import logging
-import os
-import shutil
-import subprocess
 import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
-from trainers.debian import DebianDataError, apt_lists, cache_dir, read_cache, write_cache
+from trainers.debian import cache_dir, download_packages, read_cache, write_cache
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +55,9 @@ def origin() -> dict[str, object]:
 
 
 def build_pairs() -> list[dict[str, str]]:
-    if shutil.which("dpkg-deb") is None:
-        raise DebianDataError(
-            "the built-in 'wordnet' guard set needs apt and dpkg-deb (Debian/Ubuntu): pass your "
-            "own out-of-domain pairs instead, e.g. guard: {data: other-pairs.jsonl}"
-        )
     with tempfile.TemporaryDirectory(prefix="wordnet-") as tmp:
-        lists = apt_lists(tmp)
-        cache = os.path.join(tmp, "cache")
-        os.makedirs(os.path.join(cache, "archives", "partial"))
-        cmd = ["apt-get", "download", "-q", "-o", f"Dir::State::Lists={lists}"]
-        cmd += ["-o", f"Dir::Cache={cache}", "-o", "Debug::NoLocking=1", PACKAGE]
-        logger.info("fetching WordNet (the guard set): %s", " ".join(cmd))
-        done = subprocess.run(cmd, cwd=tmp, capture_output=True, text=True)
-        debs = glob.glob(os.path.join(tmp, f"{PACKAGE}_*.deb"))
-        if done.returncode != 0 or not debs:
-            raise DebianDataError(
-                f"`{' '.join(cmd)}` failed (exit {done.returncode}): {done.stderr.strip()[-300:]}; "
-                "pass your own out-of-domain pairs instead: guard: {data: other-pairs.jsonl}"
-            )
-        subprocess.run(["dpkg-deb", "-x", debs[0], os.path.join(tmp, "x")], check=True)
-        folder = Path(tmp, "x", "usr", "share", "wordnet")
+        root = download_packages([PACKAGE], tmp, "the built-in 'wordnet' guard set")
+        folder = root / "usr" / "share" / "wordnet"
         synsets = [s for pos in PARTS_OF_SPEECH for s in parse_data(folder / f"data.{pos}")]
     return clean(synsets)
 

@@ -77,7 +77,7 @@ def test_quality_smoke(tmp_path, smoke_sweep):
     assert len(verdicts) == 4, verdicts
     for target, verdict in verdicts.items():
         detail = re.search(rf"^\| {re.escape(target)} \| \*\*[a-z ]+\*\* \| (.+) \|$", text, re.M)
-        if target.startswith("guard"):
+        if target.startswith("verifying guard"):
             numbers = [float(x) for x in re.findall(r"[-+]\d+\.\d+", detail.group(1))]
             holds = all(x >= -0.01 for x in numbers)
         else:

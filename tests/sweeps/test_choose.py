@@ -86,8 +86,8 @@ def test_the_mixing_rule_takes_the_best_validation_within_the_guard_else_the_sma
     tried = [mix(1.0, 0.50, False), mix(0.8, 0.48, True), mix(0.6, 0.48, True), mix(0.4, 0.4, True)]
     factor, rule = choose_mix(tried, 0.01, "objective")
     assert factor == 0.8 and "best validation objective" in rule  # a tie goes to the larger
-    factor, rule = choose_mix([mix(1.0, 0.5, False), mix(0.5, 0.6, False)], 0.01, "objective")
-    assert factor == 0.5 and "no factor kept the guard set" in rule
+    factor, rule = choose_mix([mix(1.0, None, False), mix(0.5, None, False)], 0.01, "objective")
+    assert factor == 0.5 and "no factor kept the choosing sources" in rule
 
 
 def test_the_sampler_is_qmc_below_two_trials_per_key_then_gp_unless_set(config):

@@ -124,6 +124,10 @@ GOOD = {
         ),
         ({"num_samples": 0}, "num_samples=0"),
         ({"checkpoints_to_keep": 5}, "checkpoints_to_keep=5"),
+        ({"guard": {"data": "wordnet"}}, "write guard: {choose: [wordnet]}"),
+        ({"guard": {"choose": ["wordnet"], "verify": ["wordnet"]}}, "both choose and verify"),
+        ({"guard": {"choose": []}}, "guard.choose"),
+        ({"guard": {"choose": [{"data": "wordnet", "max_pairs": 2}]}}, "max_pairs=2"),
     ],
 )
 def test_bad_sweep_configs_fail_before_ray_starts(tmp_path, capsys, monkeypatch, change, needle):
@@ -215,3 +219,15 @@ def test_epochs_are_the_budget_not_a_sampled_key():
     assert config.trial_config(config.first_points[0]).epochs == 4  # the seed recipe: its own
     with pytest.raises(ConfigError, match="seed_recipe: epochs=4 is outside"):
         sweep_config.parse({"search": {"epochs": {"randint": [1, 3]}}})
+
+
+def test_a_guard_source_may_be_named_alone_and_the_default_has_both_roles():
+    from sweeps.config import GuardConfig
+
+    guard = GuardConfig.model_validate({"choose": ["unix-faqs", {"data": "x.jsonl"}]})
+    assert [s.data for s in guard.choose] == ["unix-faqs", "x.jsonl"]
+    assert guard.choose[0].max_pairs == 1000
+    default = GuardConfig()
+    assert {s.data for s in default.choose} == {"wordnet", "python-docstrings", "unix-faqs"}
+    assert [s.data for s in default.verify] == ["vim-faq"]
+    assert default.mix == (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 import sweeps
+from sweeps.finish import choose_mix
 from tests.sweeps import wandb_records
 from tests.sweeps.smoke import SECRET, SIMULATED_SWEEP_ID, sweep_env
 
@@ -51,7 +52,7 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
         for dim in (384, 128, 64):
             assert f"dim_{dim}_map@100" in row
     report = (out / "report.md").read_text()
-    sections = ("## Held-out test split", "## Guard set", "## Trials", "Chosen factor")
+    sections = ("## Held-out test split", "## Guard (out of domain)", "## Trials", "Chosen factor")
     for section in (*sections, "## Serving backends", "- **After the trials:** refit"):
         assert section in report
     assert (out / "map_vs_dim.png").stat().st_size > 1000
@@ -71,6 +72,24 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     validation = {k: v[metrics["objective"]] for k, v in metrics["validation"].items()}
     kept = "refit" if validation["refit"] > validation["best trial"] else "best trial"
     assert metrics["exported"].startswith(kept), (metrics["exported"], validation)
+    # The verifying guard source chooses nothing, as the test split: the factor follows from
+    # the choosing sources' figures and validation alone.
+    roles = metrics["guard_roles"]
+    choosing = {name for name, role in roles.items() if role == "choose"}
+    assert choosing == {"wordnet", "unix-faqs"} and roles["vim-faq"] == "verify"
+    for m in metrics["mixes"]:
+        assert set(m["guard"]) == choosing
+        base = metrics["guard"]
+        assert m["within"] == all(
+            base[name]["base"][f"dim_{d}_cosine_map@100"]
+            - m["guard"][name][f"dim_{d}_cosine_map@100"]
+            <= 0.01
+            for name in choosing
+            for d in (384, 128, 64)
+        )
+    assert choose_mix(metrics["mixes"], 0.01, metrics["objective"])[0] == metrics["mix_factor"]
+    assert metrics["exported"] in metrics["guard"]["vim-faq"]
+    assert isinstance(metrics["guard_held"], bool)
     assert {"torch", "onnx", "onnx-int8"} <= set(metrics["backends"])
     # A smoke sweep's validation has ~60 queries: too few for the gate to decide.
     assert "under the 200 needed" in metrics["backends"]["undecided"]

@@ -146,3 +146,32 @@ def test_a_paired_bootstrap_of_a_model_against_itself_contains_zero():
     diff, low, high = paired_bootstrap(scores, other, seed=3)
     assert low < diff < high and low > 0 and low < 0.05 < high
     assert paired_bootstrap(scores, other, seed=3) == (diff, low, high)  # seeded
+
+
+def test_the_score_cache_is_read_for_the_same_model_and_task_and_missed_for_others(
+    tiny_model_path, debian_pairs, tmp_path, monkeypatch
+):
+    import json
+
+    import torch
+
+    from trainers.config import TrainConfig
+    from trainers.tasks import Task, evaluate, evaluate_cached
+
+    monkeypatch.setenv("MATRYOSHKA_CACHE", str(tmp_path))
+    config = TrainConfig(model=str(tiny_model_path), matryoshka_dims=(384, 64))
+    model = SentenceTransformer(str(tiny_model_path), device="cpu")
+    task = Task("t", *_task(debian_pairs, 20, 60))
+    first = evaluate_cached(model, task, config)
+    assert first == evaluate(model, task, config)
+    (cached,) = (tmp_path / "scores").glob("*.json")
+    # Read, not recomputed: an edit to the file is what comes back.
+    cached.write_text(json.dumps({**first, "dim_64_cosine_map@100": -1.0}))
+    assert evaluate_cached(model, task, config)["dim_64_cosine_map@100"] == -1.0
+    # Another task, or other weights, is another entry.
+    fewer = Task("t", dict(list(task.queries.items())[:10]), task.corpus, task.relevant)
+    evaluate_cached(model, fewer, config)
+    with torch.no_grad():
+        next(model.parameters()).add_(0.01)
+    evaluate_cached(model, task, config)
+    assert len(list((tmp_path / "scores").glob("*.json"))) == 3
