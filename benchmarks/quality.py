@@ -41,6 +41,8 @@ from trainers.config import SEED_RECIPE
 BAR = 0.02  # MAP@100 the pipeline must gain (targets 1 and 2)
 GUARD_TOLERANCE = 0.01
 RESAMPLES = 2000
+NEGATIVES_ON = "refit recipe, mined negatives"
+NEGATIVES_OFF = "refit recipe, in-batch only"
 
 
 def read_sweep(sweep: Path) -> dict:
@@ -49,7 +51,7 @@ def read_sweep(sweep: Path) -> dict:
     if not path.is_file():
         raise SystemExit(f"error: {path} does not exist: run a sweep first (make run), or --sweep")
     record = json.loads(path.read_text())
-    if "test" not in record or "refit" not in record["test"]:  # a sweep without refit: no rival
+    if "test" not in record or not record.get("refit_config"):  # without a refit: no rival
         raise SystemExit(f"error: {path} has no test-split verdict with a refit: rerun the sweep")
     return record
 
@@ -79,22 +81,25 @@ def epochs_text(n: int) -> str:
 
 
 def train_seed_recipe(refit, epochs: int, work: Path):
-    """The seed recipe on the refit's pairs (its data, split, cap and seed) for ``epochs``:
-    (its model folder, training seconds)."""
-    from trainers.train import train
-
+    """The seed recipe on the refit's pairs (its data, split, cap and seed) for ``epochs``, with
+    in-batch negatives only, as its authors trained: (its model folder, training seconds)."""
     config = refit.replace(
         learning_rate=SEED_RECIPE.learning_rate,
         batch_size=SEED_RECIPE.batch_size,
         matryoshka_weights=SEED_RECIPE.matryoshka_weights,
         epochs=epochs,
+        hard_negatives=None,
         load_best_model_at_end=False,  # the recipe trains its epochs, picks nothing
         output_dir=str(work / f"seed-{epochs}-epochs"),
     )
-    print(
-        f"--- training the seed recipe on the refit's {config.max_pairs} pairs for {epochs} epochs",
-        flush=True,
-    )
+    return train_recipe(config, f"the seed recipe for {epochs} epochs")
+
+
+def train_recipe(config, what: str):
+    """Train ``config`` (on the refit's pairs): (its model folder, training seconds)."""
+    from trainers.train import train
+
+    print(f"--- training {what} on the refit's {config.max_pairs} pairs", flush=True)
     started = time.perf_counter()
     train(config, baseline={}, progress=False)
     return config.output_dir, time.perf_counter() - started
@@ -120,6 +125,19 @@ def measure(sweep: Path, record: dict, work: Path) -> dict:
         label = f"seed recipe, {epochs_text(n)}"
         label += " (authors')" if n == SEED_RECIPE.epochs else " (the refit's)"
         folders[label], seconds[label] = train_seed_recipe(refit, n, work)
+    if refit.hard_negatives is not None:
+        # What the mined negatives did at the same budget: the refit's own recipe (no mixing)
+        # trained here twice, with its negatives and with in-batch negatives only.
+        for label, negatives in (
+            (NEGATIVES_ON, refit.hard_negatives),
+            (NEGATIVES_OFF, None),
+        ):
+            config = refit.replace(
+                hard_negatives=negatives,
+                load_best_model_at_end=False,
+                output_dir=str(work / label.replace(" ", "-").replace(",", "")),
+            )
+            folders[label], seconds[label] = train_recipe(config, label)
     per_query = {}
     for label, folder in folders.items():
         print(f"--- scoring {label} on the test split ({len(scorer.queries)} queries)", flush=True)
@@ -223,9 +241,23 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
         [name, "**met**" if ok else "**not met**", detail] for name, ok, detail in targets
     ]
     means = [[d] + [f"{per_query[label][d].mean():.4f}" for label in labels] for d in dims]
-    rivals = [
-        [label, *(interval(versus(pipeline, d, label, d)) for d in dims)] for label in labels[2:]
-    ]
+    seeds = [label for label in labels[2:] if label.startswith("seed recipe")]
+    rivals = [[label, *(interval(versus(pipeline, d, label, d)) for d in dims)] for label in seeds]
+    negatives_lines = ""
+    if NEGATIVES_ON in per_query:
+        effect = [
+            [f"{NEGATIVES_ON} - {NEGATIVES_OFF}"]
+            + [interval(versus(NEGATIVES_ON, d, NEGATIVES_OFF, d)) for d in dims]
+        ]
+        negatives_lines = (
+            f"\nHard negatives at the same budget (the refit's recipe, {refit.epochs} epochs, "
+            f"unmixed, trained here with and without them; "
+            + ", ".join(f"{k} {v}" for k, v in refit.hard_negatives.to_dict().items())
+            + "), MAP@100 [95% interval]:\n\n"
+            + markdown_table(
+                ["difference", *(f"dim {d}" for d in dims)], effect, "l" + "r" * len(dims)
+            )
+        )
     # The sweep scored the export on the same split: the recomputation must agree.
     recorded = record["final"]
     agreement = max(
@@ -264,6 +296,7 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
         + markdown_table(["dim", *labels], means, "r" * (len(labels) + 1))
         + "\nThe pipeline minus each seed-recipe row, MAP@100 [95% interval]:\n\n"
         + markdown_table(["rival", *(f"dim {d}" for d in dims)], rivals, "l" + "r" * len(dims))
+        + negatives_lines
         + guard_lines
     )
 

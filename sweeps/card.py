@@ -57,6 +57,7 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, pick: P
                 "objective": config.objective,
                 "config": trained,
                 "refit_config": verdict.refit_config,
+                "refit_negatives": verdict.negatives,
                 "validation": verdict.validation,
                 "test": verdict.test,
                 "guard": verdict.guard,

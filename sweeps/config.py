@@ -105,12 +105,12 @@ class GuardConfig(Config):
     """
 
     choose: tuple[GuardSource, ...] = Field(
-        _sources("wordnet", "python-docstrings", "unix-faqs"),
+        _sources("wordnet", "python-docstrings", "vim-faq"),
         min_length=1,
         description="sources the mixing factor is chosen on",
     )
     verify: tuple[GuardSource, ...] = Field(
-        _sources("vim-faq"), description="sources only reported (they choose nothing)"
+        _sources("unix-faqs"), description="sources only reported (they choose nothing)"
     )
     tolerance: float = Field(
         0.01, ge=0, description="MAP@100 the exported model may lose against the base, any dim"
@@ -128,6 +128,11 @@ class GuardConfig(Config):
                 f"guard: {{data: {value['data']}}} is the old one-set form: write guard: "
                 f"{{choose: [{value['data']}]}} (see sweeps/configs/local.yaml)"
             )
+        if isinstance(value, Mapping) and "choose" in value and "verify" not in value:
+            # A default verifying source named among one's own choosing ones moves there.
+            named = {s if isinstance(s, str) else s.get("data") for s in value["choose"] or ()}
+            default = cls.model_fields["verify"].default
+            value = {**value, "verify": [s for s in default if s.data not in named]}
         return value
 
     @model_validator(mode="after")

@@ -70,6 +70,7 @@ class Verdict:
     refit_epochs: list[dict[str, float]] = field(default_factory=list)  # validation per epoch
     refit_config: dict[str, Any] = field(default_factory=dict)
     refit_pairs: int = 0
+    negatives: dict[str, Any] | None = None  # the refit's hard-negative record
     validation: dict[str, dict[str, float]] = field(default_factory=dict)  # best trial, refit
     test_task: str = ""
     backends: dict[str, Any] = field(default_factory=dict)  # the ONNX gate's record
@@ -107,6 +108,10 @@ def finish(
         # test only reports.
         validation = validation_task(base_config, split)
         kept = _keep(config, models, validation, verdict)
+        # The one of best trial and refit that lost on validation is not scored further: the
+        # test split and the guard cost minutes per model on a CPU (its validation figures
+        # are in the report).
+        models = {k: m for k, m in models.items() if k in ("base", "seed recipe", kept)}
         exported, exported_validation = models[kept], verdict.validation.get(kept)
         verdict.seconds["test evaluation"] = _score(models, test, base_config, verdict.test, "test")
         if config.guard is not None:
@@ -166,6 +171,7 @@ def _refit(config: SweepConfig, best: Pick, baseline: dict, output_dir: str, ver
     verdict.seconds["refit"] = time.perf_counter() - started
     verdict.refit_epochs = result.epochs
     verdict.refit_pairs = result.train_pairs
+    verdict.negatives = result.negatives
     return load_model(refit_config.output_dir)
 
 

@@ -250,7 +250,7 @@ def write_report(
             + ", ".join(f"{k} {fmt(best_row.params[k])}" for k in params),
         ]
     if verdict is not None:
-        lines += _verdict_lines(config, verdict)
+        lines += _verdict_lines(config, verdict, out)
     if best_row is not None:
         lines += ["", "![MAP@100 vs dim](map_vs_dim.png)", ""]
     columns = ["trial", *params, "chosen_epochs"]
@@ -287,7 +287,7 @@ def write_report(
     return path
 
 
-def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
+def _verdict_lines(config: SweepConfig, verdict: Verdict, out: Path) -> list[str]:
     lines = []
     if verdict.refit_config:
         rc = verdict.refit_config
@@ -314,6 +314,8 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
         lines.append(f"- **After the trials:** {steps}.")
     if verdict.data:
         lines += ["", "## Data", "", *data_lines(config, verdict.data)]
+    if config.train.hard_negatives is not None:
+        lines += ["", "## Hard negatives", "", *negatives_lines(config, verdict, out)]
     lines += [
         "",
         "## Held-out test split",
@@ -347,6 +349,27 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict) -> list[str]:
         ]
     if verdict.guard:
         lines += guard_lines(config, verdict)
+    return lines
+
+
+def negatives_lines(config: SweepConfig, verdict: Verdict, out: Path | None) -> list[str]:
+    """What was mined before the trials (negatives.json) and what the refit read."""
+    from trainers.negatives import describe
+
+    settings = config.train.hard_negatives
+    lines = [
+        f"Mined with the base model (`{config.train.model}`) among the train split's passages: "
+        + ", ".join(f"{k} {v}" for k, v in settings.to_dict().items())
+        + ". Every trial and the refit read them from the cache.",
+        "",
+    ]
+    path = out / "negatives.json" if out is not None else None
+    if path is not None and path.is_file():
+        names = ["the trials' pairs", "the refit's pairs"]
+        for name, record in zip(names, json.loads(path.read_text()), strict=False):
+            lines.append(f"- {name}: {describe(record)}")
+    if verdict.negatives:
+        lines.append(f"- the refit read: {describe(verdict.negatives)}")
     return lines
 
 

@@ -180,6 +180,8 @@ def run_sweep(
     try:
         with graceful_stop(stop_deadline_s) as stopped_by:
             baseline = baseline_metrics(config, out, baseline)
+            if not resume:
+                mine_negatives(config, out)
             trainable = build_trainable(config, baseline)
             if resume:
                 tuner = restored_tuner(path, trainable)
@@ -242,6 +244,45 @@ def pin_data(config: SweepConfig, out: Path) -> None:
         save_pairs(config.train, target)
 
 
+def node_task_resources(config: SweepConfig) -> dict[str, float]:
+    """A task's resources when no trial runs beside it: a trial's GPU share on a cluster;
+    without GPUs, every CPU the sweep's trials use that one node can give."""
+    import ray
+
+    if config.gpus_per_trial > 0:
+        return {"num_cpus": config.cpus_per_trial, "num_gpus": config.gpus_per_trial}
+    # A task runs on one node: asking for the cluster's total CPU on a cluster of small
+    # nodes would leave it infeasible for ever. A trial's share always fits (a trial ran).
+    largest = max(
+        (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0
+    )
+    cpus = min(config.cpus_per_trial * config.max_concurrent_trials, largest)
+    return {"num_cpus": max(cpus, config.cpus_per_trial)}
+
+
+def mine_negatives(config: SweepConfig, out: Path) -> list[dict] | None:
+    """With ``train.hard_negatives``, the negatives of the trials' pairs and of the refit's,
+    mined once before the trials start, on every core a node gives (trainers.negatives): the
+    trials and the refit then read the cache (on a cluster, each node's own: a node whose
+    cache lacks them mines once, under the cache's lock). The records go to negatives.json."""
+    if config.train.hard_negatives is None:
+        return None
+    import ray
+
+    from trainers.negatives import describe, mine_for
+
+    configs = [config.train]
+    if config.refit is not None:
+        configs.append(config.train.replace(max_pairs=config.refit.max_pairs))
+    task = ray.remote(**node_task_resources(config))(mine_for)
+    records = ray.get(task.remote(configs))
+    for record in records:
+        print(f"hard negatives: {describe(record)}", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "negatives.json").write_text(json.dumps(records, indent=2))
+    return records
+
+
 def run_finish(
     config: SweepConfig, best: Pick, seed: Pick | None, baseline: dict, destination: str
 ) -> Verdict:
@@ -249,16 +290,7 @@ def run_finish(
     without GPUs, every CPU the sweep used (the trials are done) that one node can give."""
     import ray
 
-    if config.gpus_per_trial > 0:
-        resources = {"num_cpus": config.cpus_per_trial, "num_gpus": config.gpus_per_trial}
-    else:
-        # A task runs on one node: asking for the cluster's total CPU on a cluster of small
-        # nodes would leave it infeasible for ever. A trial's share always fits (a trial ran).
-        largest = max(
-            (n["Resources"].get("CPU", 0.0) for n in ray.nodes() if n.get("Alive")), default=0.0
-        )
-        cpus = min(config.cpus_per_trial * config.max_concurrent_trials, largest)
-        resources = {"num_cpus": max(cpus, config.cpus_per_trial)}
+    resources = node_task_resources(config)
     logger.info(
         "after the search: refit, test split%s (%s)",
         ", guard set and mixing" if config.guard else "",

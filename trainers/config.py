@@ -97,6 +97,27 @@ LrScheduler = Literal[
 ]
 
 
+class HardNegatives(Config):
+    """Hard negatives mined with the base model before training (trainers/negatives.py):
+    each training pair becomes (query, passage, negative_1, ..., negative_n), and MNRL adds the
+    negatives to the in-batch ones."""
+
+    num_negatives: Annotated[int, Field(ge=1, le=16)] = Field(1, description="negatives per pair")
+    relative_margin: Annotated[float, Field(ge=0, lt=1)] | None = Field(
+        0.05,
+        description="drop candidates scoring within this share of the positive's score "
+        "(NV-Retriever's false-negative filter; null: none)",
+    )
+    pool: Annotated[int, Field(ge=1)] | None = Field(
+        10000,
+        description="train-split passages mined among (a seeded sample; null: all); the "
+        "pairs' own passages are always in it",
+    )
+    range_max: Annotated[int, Field(ge=2)] = Field(
+        50, description="candidates considered per query (the top of the base model's ranking)"
+    )
+
+
 class TrainConfig(Config):
     # --- model -------------------------------------------------------------------------
     model: str = Field(
@@ -171,6 +192,11 @@ class TrainConfig(Config):
         "(GradCache: large batches in small memory)",
     )
     mini_batch_size: PositiveInt = Field(32, description="mini-batch size of cached_mnrl")
+    hard_negatives: HardNegatives | None = Field(
+        None,
+        description="mine hard negatives with the base model, e.g. {num_negatives: 1, "
+        "relative_margin: 0.05}; null: in-batch negatives only",
+    )
 
     # --- optimisation ------------------------------------------------------------------
     learning_rate: float = Field(

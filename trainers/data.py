@@ -18,7 +18,7 @@ import functools
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Protocol
@@ -53,6 +53,9 @@ class Split:
     test: list[Pair]
     dropped: dict[str, int]
     fingerprint: dict[str, Any]
+    # The whole train split before max_pairs capped ``train``: what hard negatives are mined
+    # among (trainers/negatives.py).
+    train_pool: list[Pair] = field(default_factory=list, repr=False)
 
 
 def rank(seed: int, key: str) -> bytes:
@@ -264,6 +267,7 @@ def load_split(config: TrainConfig) -> Split:
         )
     validation, test, train = split_groups(pairs, [config.eval_size, config.test_size], config.seed)
     seen = fingerprint(config, pairs, dropped, train, validation, test)
+    pool = train
     if config.max_pairs is not None and len(train) > config.max_pairs:
         train = sample(train, config.max_pairs, config.seed)
     if len(train) < MIN_TRAIN_PAIRS or len(validation) < MIN_EVAL_PAIRS:
@@ -280,7 +284,14 @@ def load_split(config: TrainConfig) -> Split:
         len(test),
         config.data,
     )
-    return Split(train=train, validation=validation, test=test, dropped=dropped, fingerprint=seen)
+    return Split(
+        train=train,
+        validation=validation,
+        test=test,
+        dropped=dropped,
+        fingerprint=seen,
+        train_pool=pool,
+    )
 
 
 def fingerprint(

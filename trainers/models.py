@@ -198,6 +198,18 @@ def load_model(
     return model
 
 
+def weights_digest(model: SentenceTransformer) -> str:
+    """A sha256 of every tensor of ``model`` (names and values): the same for the same weights
+    wherever they were loaded from, so caches of what a model computed can key on it."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
 def embedding_dim(model: SentenceTransformer) -> int:
     dim = model.get_embedding_dimension()
     if dim is None:

@@ -89,11 +89,9 @@ def evaluate_cached(
     import json
 
     from trainers.debian import cache_dir, write_cache_text
+    from trainers.models import weights_digest
 
-    digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().float().contiguous().numpy().tobytes())
+    digest = hashlib.sha256(weights_digest(model).encode())
     what = [task.queries, task.corpus, {q: sorted(r) for q, r in task.relevant.items()}]
     what += [list(config.matryoshka_dims), model.max_seq_length, config.objective]
     digest.update(json.dumps(what, sort_keys=True).encode())

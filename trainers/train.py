@@ -26,7 +26,7 @@ from typing import Any
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from trainers import cli
+from trainers import cli, negatives
 from trainers import config as config_lib
 from trainers import tasks as evaluation
 from trainers.config import TrainConfig
@@ -64,6 +64,7 @@ class TrainResult:
     first_step_unix: float | None = None
     train_seconds: float = 0.0
     config: dict[str, Any] = field(default_factory=dict)
+    negatives: dict[str, Any] | None = None  # the hard-negative mining record (negatives.py)
 
     @property
     def final(self) -> dict[str, float]:
@@ -233,6 +234,8 @@ class EpochReporter(TrainerCallback):
                 "train_seconds": self.result.train_seconds,
                 "train_pairs_seen": self.result.train_pairs * epoch,
             }
+            if self.result.negatives is not None:  # did this run mine, or read the cache?
+                timing["negatives_from_cache"] = float(self.result.negatives["from_cache"])
             self.on_epoch(epoch, {**self.pending, **timing}, checkpoint)
         self.pending = None
 
@@ -325,9 +328,13 @@ def train(
     # A sweep needs every epoch's checkpoint; a single run only to pick its best epoch.
     save_each_epoch = on_epoch is not None or config.load_best_model_at_end
     reporter = EpochReporter(result, on_epoch, checkpoints, save_each_epoch, config.learning_rate)
-    train_dataset = Dataset.from_dict(
-        {"anchor": [p.query for p in split.train], "positive": [p.passage for p in split.train]}
-    )
+    # Mined with the model as loaded: the base model (a resumed run loads its checkpoint's
+    # weights only in trainer.train), so every trial and the refit read the same cache entry.
+    columns, result.negatives = negatives.train_rows(config, split, model)
+    if result.negatives is not None:
+        logger.info("hard negatives: %s", negatives.describe(result.negatives))
+        result.train_pairs = len(columns["anchor"])
+    train_dataset = Dataset.from_dict(columns)
     trainer = SentenceTransformerTrainer(
         model=model,
         args=training_args(

@@ -123,3 +123,21 @@ def test_serving_smoke(tmp_path):
         )
         > 0
     )
+
+
+@pytest.mark.slow
+def test_hard_negatives_smoke(tmp_path):
+    text = smoke("hard_negatives", tmp_path, timeout=600)
+    effects = re.findall(r"^\| (.+?) - in-batch only \| (.+) \|$", text, re.M)
+    assert [label for label, _ in effects] == [
+        "1 negative, margin 0.05",
+        "3 negatives, margin 0.05",
+        "1 negative, no margin",
+    ]
+    for _, cells in effects:
+        intervals = [tuple(map(float, m)) for m in INTERVAL.findall(cells)]
+        assert len(intervals) == 4 and all(low <= diff <= high for diff, low, high in intervals)
+    # Each mined variant says what it mined; the margin filtered candidates where it was set.
+    mined = re.findall(r"(\d+) of 48 pairs with (\d) mined negative", text)
+    assert [n for _, n in mined] == ["1", "3", "1"] and all(int(k) > 40 for k, _ in mined)
+    assert "relative margin 0.05" in text

@@ -227,7 +227,8 @@ def test_a_guard_source_may_be_named_alone_and_the_default_has_both_roles():
     guard = GuardConfig.model_validate({"choose": ["unix-faqs", {"data": "x.jsonl"}]})
     assert [s.data for s in guard.choose] == ["unix-faqs", "x.jsonl"]
     assert guard.choose[0].max_pairs == 1000
+    assert guard.verify == ()  # the default verifying source was named to choose
     default = GuardConfig()
-    assert {s.data for s in default.choose} == {"wordnet", "python-docstrings", "unix-faqs"}
-    assert [s.data for s in default.verify] == ["vim-faq"]
+    assert {s.data for s in default.choose} == {"wordnet", "python-docstrings", "vim-faq"}
+    assert [s.data for s in default.verify] == ["unix-faqs"]
     assert default.mix == (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
