@@ -6,8 +6,9 @@ machine) that:
 1. retrains the best configuration once on a larger budget (``refit:``), for the number of
    epochs the best trial chose;
 2. keeps the refit only if it beats the best trial on the **validation** split;
-3. scores base model, seed recipe, best trial and refit on the **test** split, which picks
-   nothing (trials, epochs, refit, mixing factor and backends are all chosen on validation);
+3. scores base model, seed recipe and the kept one of best trial and refit on the **test**
+   split, which picks nothing (trials, epochs, refit, mixing factor and backends are all
+   chosen on validation);
 4. with a ``guard:``, scores them all on its out-of-domain sources too and mixes the kept model
    with the base in weight space (WiSE-FT), choosing the factor on validation subject to every
    *choosing* source staying within ``tolerance`` of the base at every dim; the *verifying*
@@ -244,11 +245,15 @@ def _guard_and_mix(
             verdict.guard[name][verdict.exported] = chosen["guard"].get(name) or _evaluate(
                 exported, task, base_config
             )
-    verdict.guard_held = all(
-        drop <= guard.tolerance
-        for name, role in verdict.guard_roles.items()
-        if role == "verify"
-        for drop in drops(verdict.guard[name]["base"], verdict.guard[name][verdict.exported])
+    verifying = [name for name, role in verdict.guard_roles.items() if role == "verify"]
+    verdict.guard_held = (
+        all(
+            drop <= guard.tolerance
+            for name in verifying
+            for drop in drops(verdict.guard[name]["base"], verdict.guard[name][verdict.exported])
+        )
+        if verifying
+        else None  # nothing verified: the report says so
     )
     verdict.seconds["guard and mixing"] = time.perf_counter() - started
     return exported, exported_validation
