@@ -514,7 +514,8 @@ def target_table(results, levels, peers: list[str]) -> str:
         if peers and (level := by_key.get(("mixed", clients))):
             rows.append(
                 target_row(
-                    f"mixed, {clients} clients: ours / infinity's best, texts/s",
+                    f"mixed, {clients} client{'s' * (clients > 1)}: "
+                    "ours / infinity's best, texts/s",
                     ratios(texts_per_s(level, OURS), best_peer(level)),
                     bar,
                 )
