@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from trainers.errors import ModelError
+from trainers.precision import CPU_PREFERENCE
 
 logger = logging.getLogger("serve")
 
 Backend = Literal["auto", "torch", "onnx", "onnx-int8"]
-CPU_PREFERENCE = ("onnx-int8", "onnx")  # fastest first (measured: README, Serving)
 
 
 def choose(

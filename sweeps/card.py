@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.config import SweepConfig
+from trainers import precision
 from trainers.gate import gate_table
 
 if TYPE_CHECKING:  # finish imports this module: the types only, to keep imports one-way
@@ -35,6 +36,35 @@ def dim_table(config: SweepConfig, models: dict[str, dict[str, float]], metric: 
     for d in config.dims:
         cells = [fmt(models[label].get(f"dim_{d}_cosine_{metric}")) for label in labels]
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def precision_lines(record: dict[str, Any], plot: str | None = None) -> list[str]:
+    """The output-precision section (model card, report): the precision x dim table of the
+    backend served on a CPU, the recommended dim, and what a request may ask for."""
+    backend = precision.cpu_backend(record)
+    entry = record["backends"][backend]
+    lines = [
+        "## Smaller vectors (output precisions)",
+        "",
+        f"MAP@100 on the validation split ({record['task']}) of each output precision at each "
+        f"dim, through the {backend} backend (what `--backend auto` serves on a CPU), searched "
+        "as sentence-transformers' quantized search does (int8/uint8: inner product of the "
+        "codes; binary: Hamming; rescored: the Hamming top "
+        f"{record['rescore_multiplier']} x 100 re-ranked by the float query). A precision is "
+        f"served at a dim only within {record['tolerance']} MAP@100 of torch float32 at that "
+        "dim; (no) marks where it is refused (400) unless the server runs with "
+        "--allow-ungated. int8/uint8 are calibrated on "
+        f"{record['calibration_passages']} training passages.",
+        "",
+        *precision.precision_table(record, backend),
+        "",
+        f"**Recommended:** {precision.describe_recommended(entry['recommended'])}.",
+    ]
+    if "undecided" in record:
+        lines += ["", f"Not gated: too few validation queries ({record['undecided']})."]
+    if plot:
+        lines += ["", f"![MAP@100 vs bytes per vector]({plot})"]
     return lines
 
 
@@ -66,6 +96,7 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, pick: P
                 "guard_held": verdict.guard_held,
                 "mixes": verdict.mixes,
                 "backends": verdict.backends,
+                "precisions": verdict.precisions,
                 "data": verdict.data,
                 "finish_seconds": verdict.seconds,
                 "final": exported,
@@ -95,4 +126,6 @@ def write_model_files(best: Path, config: SweepConfig, verdict: Verdict, pick: P
             *gate_table(verdict.backends, list(config.dims)),
             "",
         ]
+    if verdict.precisions:
+        section += [*precision_lines(verdict.precisions), ""]
     card.write_text(text.rstrip() + "\n" + "\n".join(section))

@@ -64,6 +64,27 @@ class RefitConfig(Config):
     )
 
 
+class QuantizationConfig(Config):
+    """Output precisions (int8, uint8, binary, ubinary) gated per dim at export, and the
+    recommended dim (trainers/precision.py)."""
+
+    tolerance: float = Field(
+        0.01,
+        ge=0,
+        description="MAP@100 a precision may lose against torch float32 at a dim to be served "
+        "there",
+    )
+    recommend_within: float = Field(
+        0.01,
+        ge=0,
+        description="the recommended (dim, precision): the fewest bytes per vector within this "
+        "MAP@100 of full-dim float32 on validation",
+    )
+    calibration_passages: Annotated[int, Field(ge=2)] = Field(
+        1000, description="training passages the int8 ranges are calibrated on"
+    )
+
+
 class GuardSource(Config):
     """One out-of-domain pairs set of the guard: a built-in name, a pairs file or a hub id."""
 
@@ -229,10 +250,14 @@ class SweepConfig(Config):
     onnx: bool = Field(
         True,
         description="export ONNX Runtime backends (fp32, int8) with the model and gate them per "
-        "dim on the test split",
+        "dim on the validation split",
     )
     onnx_tolerance: float = Field(
         0.005, ge=0, description="MAP@100 a backend may lose against torch fp32 at any dim"
+    )
+    quantization: QuantizationConfig = Field(
+        QuantizationConfig(),
+        description="int8/binary output gated per dim, and the recommended dim",
     )
 
     @property

@@ -33,7 +33,7 @@ from typing import Any
 from sweeps.card import write_model_files
 from sweeps.config import SweepConfig
 from trainers import storage
-from trainers.models import write_matryoshka_info
+from trainers.models import matryoshka_info, write_matryoshka_info
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,7 @@ class Verdict:
     validation: dict[str, dict[str, float]] = field(default_factory=dict)  # best trial, refit
     test_task: str = ""
     backends: dict[str, Any] = field(default_factory=dict)  # the ONNX gate's record
+    precisions: dict[str, Any] = field(default_factory=dict)  # trainers/precision.py's record
     data: dict[str, Any] = field(default_factory=dict)  # the split's fingerprint (trainers.data)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -122,8 +123,7 @@ def finish(
         local = os.path.join(work, "best")
         exported.save(local)
         write_matryoshka_info(local, base_config.matryoshka_dims)
-        if config.onnx:
-            _export_and_gate(config, local, validation, exported_validation, verdict)
+        _export_and_gate(config, local, split, validation, exported_validation, verdict)
         verdict.seconds["in all"] = time.perf_counter() - clock  # up to the upload
         write_model_files(Path(local), config, verdict, best)
         storage.replace_folder(local, destination)
@@ -275,20 +275,40 @@ def _evaluate(model, task, base_config, base: bool = False) -> dict[str, float]:
 
 
 def _export_and_gate(
-    config: SweepConfig, local: str, validation, exported_validation, verdict: Verdict
+    config: SweepConfig, local: str, split, validation, exported_validation, verdict: Verdict
 ) -> None:
-    """The ONNX exports of the folder, each gated against torch fp32 at every dim."""
-    from trainers import export, gate
+    """The ONNX exports of the folder (with ``onnx:``), the int8 output's calibration on the
+    train split's passages, then every backend and output precision gated against torch
+    float32 at every dim, and the recommended dim."""
+    from trainers import export, gate, precision
+    from trainers.models import load_model
 
     started = time.perf_counter()
-    say("exporting to ONNX (fp32, int8) and gating each backend")
-    export.export(local)
-    # On validation, not test: which backend is served is a choice, and test picks nothing
-    # (it also costs 1,300 encodes per backend instead of 11,000 on CPU).
-    verdict.backends = gate.gate(
-        local, validation, config.train, config.onnx_tolerance, exported_validation
+    if config.onnx:
+        say("exporting to ONNX (fp32, int8) and gating each backend and output precision")
+        export.export(local)
+    else:
+        say("gating the output precisions (int8, binary) at every dim")
+    quantization = config.quantization
+    precision.calibrate(
+        local,
+        load_model(local, device="cpu"),
+        [p.passage for p in split.train],
+        quantization.calibration_passages,
     )
-    verdict.seconds["onnx export and gate"] = time.perf_counter() - started
+    # On validation, not test: which backend and precisions are served is a choice, and test
+    # picks nothing (it also costs 1,300 encodes per backend instead of 11,000 on CPU).
+    verdict.backends = gate.gate(
+        local,
+        validation,
+        config.train,
+        config.onnx_tolerance,
+        exported_validation,
+        precision_tolerance=quantization.tolerance,
+        recommend_within=quantization.recommend_within,
+    )
+    verdict.precisions = matryoshka_info(local).get("precisions", {})
+    verdict.seconds["export and gates"] = time.perf_counter() - started
 
 
 def _split(config):

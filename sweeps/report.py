@@ -5,7 +5,7 @@
                 status, seconds) and one for the refit
 - report.md     the search (sampler, epochs), the held-out test table (base / seed recipe /
                 best trial / refit / exported), the guard set and weight mixing, every trial
-- map_vs_dim.png, importance.png   plots the report shows
+- map_vs_dim.png, importance.png, quality_vs_bytes.png   plots the report shows
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sweeps.card import dim_table, fmt
+from sweeps.card import dim_table, fmt, precision_lines
 from sweeps.choose import TrialRow
 from sweeps.config import SweepConfig
 from sweeps.finish import Verdict, drops
@@ -169,6 +169,53 @@ def plot_map_vs_dim(config: SweepConfig, verdict: Verdict, path: Path) -> None:
     ax.set_title(f"sweep {config.name}: MAP@100 vs dim")
     ax.grid(alpha=0.3)
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_quality_vs_bytes(record: dict[str, Any], path: Path) -> None:
+    """Validation MAP@100 against bytes per vector, one line per output precision through the
+    backend served on a CPU, each point a dim; the recommended one circled."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from trainers import precision
+
+    backend = precision.cpu_backend(record)
+    entry = record["backends"][backend]
+    dims = sorted(int(d) for d in entry["dims"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    styles = {
+        "float32": "o-",
+        "int8": "s-",
+        "uint8": "v:",
+        "binary": "D-",
+        "binary-rescored": "^--",
+    }
+    for name, style in styles.items():
+        points = [entry["dims"][str(d)].get(name) for d in dims]
+        if any(p is None for p in points):
+            continue
+        xs, ys = [p["bytes"] for p in points], [p["map@100"] for p in points]
+        ax.plot(xs, ys, style, label=name)
+        for d, x, y, p in zip(dims, xs, ys, points, strict=True):
+            ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+            if not p["allowed"] and name != "binary-rescored":
+                ax.plot([x], [y], "x", color="red", markersize=9)
+    best = entry["recommended"]
+    if best.get("dim") is not None:
+        ax.plot([best["bytes"]], [best["map@100"]], "o", mfc="none", mec="black", markersize=16)
+    full = entry["dims"][str(max(dims))]["float32"]["map@100"]
+    ax.axhline(full - record["recommend_within"], color="grey", lw=0.8, ls=":")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("bytes per vector (log scale)")
+    ax.set_ylabel("MAP@100 on the validation split")
+    ax.set_title(f"{backend}: quality vs size (x: refused; circle: recommended)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -347,6 +394,8 @@ def _verdict_lines(config: SweepConfig, verdict: Verdict, out: Path) -> list[str
             "",
             *gate_table(verdict.backends, list(config.dims)),
         ]
+    if verdict.precisions:
+        lines += ["", *precision_lines(verdict.precisions, "quality_vs_bytes.png")]
     if verdict.guard:
         lines += guard_lines(config, verdict)
     return lines
@@ -461,6 +510,8 @@ def export(
     best_dir = out / "best" if verdict is not None and (out / "best").is_dir() else None
     if verdict is not None:
         plot_map_vs_dim(config, verdict, out / "map_vs_dim.png")
+        if verdict.precisions:
+            plot_quality_vs_bytes(verdict.precisions, out / "quality_vs_bytes.png")
     imp = importances(config, rows)
     if imp:
         plot_importance(imp, out / "importance.png")

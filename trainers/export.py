@@ -14,7 +14,8 @@ sentence-transformers.
 
 Before anything is written, the fp32 export is checked against ``SentenceTransformer.encode``
 on sample texts; a failure leaves no ``onnx/`` folder behind (it is built aside, then moved).
-With ``--gate-data`` the backends are then gated (trainers/gate.py).
+With ``--gate-data`` the int8 output is calibrated on its passages that the gate does not score,
+and the backends and output precisions are gated (trainers/gate.py, trainers/precision.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from trainers import precision
 from trainers.encoders import ACTIVATIONS, FILES, ONNX_DIR, OnnxEncoder
 from trainers.errors import ModelError
 from trainers.gate import DEFAULT_TOLERANCE, gate, gate_table
@@ -192,20 +194,55 @@ def _main(argv: list[str]) -> int:
     parser.add_argument(
         "--tolerance", type=float, default=DEFAULT_TOLERANCE, help="MAP@100 a backend may lose"
     )
+    parser.add_argument(
+        "--precision-tolerance",
+        type=float,
+        default=precision.DEFAULT_TOLERANCE,
+        help="MAP@100 an output precision (int8, binary...) may lose at a dim (default: "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--recommend-within",
+        type=float,
+        default=precision.DEFAULT_RECOMMEND_WITHIN,
+        help="MAP@100 the recommended dim may lose against full-dim float32 (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     cli.setup_logging()
     result = export(args.folder)
     print(f"written: {result['folder']} (fp32 vs encode: {result['max_abs_diff_fp32']:.1e})")
     if args.gate_data:
         from trainers.config import TrainConfig
-        from trainers.tasks import pairs_task
+        from trainers.data import ir_task, load_pairs, sample
+        from trainers.tasks import Task
 
-        dims = matryoshka_info(args.folder).get("dims") or [
-            _load(Path(args.folder)).get_embedding_dimension()
-        ]
+        folder = Path(args.folder)
+        dims = matryoshka_info(folder).get("dims") or [_load(folder).get_embedding_dimension()]
         config = TrainConfig(matryoshka_dims=tuple(dims), data=args.gate_data)
-        task = pairs_task(config, args.gate_pairs, None, config.seed)
-        print("\n".join(gate_table(gate(args.folder, task, config, args.tolerance), list(dims))))
+        pairs, _ = load_pairs(config)
+        scored = sample(pairs, args.gate_pairs, config.seed)
+        task = Task(args.gate_data, *ir_task(scored, None, config.seed))
+        # The int8 ranges come from passages the gate does not score: else the gate would
+        # measure int8 on the very vectors its ranges were fitted to.
+        gated = {p.passage for p in scored}
+        precision.calibrate(
+            folder, _load(folder), [p.passage for p in pairs if p.passage not in gated]
+        )
+        record = gate(
+            folder,
+            task,
+            config,
+            args.tolerance,
+            precision_tolerance=args.precision_tolerance,
+            recommend_within=args.recommend_within,
+        )
+        print("\n".join(gate_table(record, list(dims))))
+        precisions = matryoshka_info(folder)["precisions"]
+        backend = precision.cpu_backend(precisions)
+        print(f"\noutput precisions through {backend} (MAP@100; (no): not served there):")
+        print("\n".join(precision.precision_table(precisions, backend)))
+        recommended = precisions["backends"][backend]["recommended"]
+        print(f"recommended: {precision.describe_recommended(recommended)}")
     return 0
 
 

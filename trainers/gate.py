@@ -3,7 +3,9 @@
 int8 is only worth serving where retrieval quality survives, which is measured per
 Matryoshka dim, not assumed: ``gate`` scores every backend with trainers' evaluator and
 records each one's MAP@100 and NDCG@10 at every dim, and whether it is within ``tolerance``
-MAP@100 of torch fp32 at every dim, in the folder's matryoshka.json (``backends``). A gate
+MAP@100 of torch fp32 at every dim, in the folder's matryoshka.json (``backends``); from the
+same encodings, which output precisions (int8, binary...) may be served at which dim
+(``precisions``: trainers/precision.py). A gate
 needs ``MIN_GATE_QUERIES`` queries to decide: on fewer, one query's rank moves MAP@100 by more
 than the tolerance, so a backend passes or fails by chance, and it is recorded as not gated.
 
@@ -15,6 +17,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from trainers import precision
 from trainers.encoders import BACKENDS, OnnxEncoder, available
 from trainers.models import matryoshka_info, write_matryoshka_info
 
@@ -31,18 +36,24 @@ def gate(
     config,
     tolerance: float = DEFAULT_TOLERANCE,
     torch_metrics: dict[str, float] | None = None,
+    precision_tolerance: float = precision.DEFAULT_TOLERANCE,
+    recommend_within: float = precision.DEFAULT_RECOMMEND_WITHIN,
 ) -> dict[str, Any]:
     """Score every backend of ``folder`` on ``task`` at every dim (trainers' evaluator), and
     record in its matryoshka.json which are servable: within ``tolerance`` MAP@100 of torch
-    fp32 at every dim. ``torch_metrics``: torch's, if already measured on ``task``. Returns
-    the ``backends`` record."""
+    fp32 at every dim (``backends``). From the same encodings, every precision of every backend
+    at every dim, against ``precision_tolerance``, and the recommended dim (``precisions``:
+    trainers/precision.py). ``torch_metrics``: torch's, if already measured on ``task``.
+    Returns the ``backends`` record."""
     from trainers.models import load_model
-    from trainers.tasks import evaluate, evaluator
+    from trainers.tasks import evaluator
 
     folder = Path(folder)
     model = load_model(str(folder), device="cpu")
     scorer = evaluator(task, config)
-    results = {"torch": torch_metrics or evaluate(model, task, config)}
+    queries, corpus = scorer.encode_full(model)
+    embeddings = {"torch": (_numpy(queries), _numpy(corpus))}
+    results = {"torch": torch_metrics or scorer.score_embeddings(model, queries, corpus)}
     for backend in available(folder)[1:]:
         encoder = OnnxEncoder(folder, backend)
         prompt = encoder.prompts.get("query", "")
@@ -50,6 +61,7 @@ def gate(
             [prompt + q for q in task.queries.values()], config.eval_batch_size
         )
         corpus = encoder.encode(list(task.corpus.values()), config.eval_batch_size)
+        embeddings[backend] = (queries, corpus)
         results[backend] = scorer.score_embeddings(model, queries, corpus)
     decided = len(task.queries) >= MIN_GATE_QUERIES
     record: dict[str, Any] = {"task": task.describe(), "tolerance": tolerance, "metric": "map@100"}
@@ -70,10 +82,27 @@ def gate(
                 for m in ("map@100", "ndcg@10")
             },
         }
+    precisions = precision.gate(
+        embeddings,
+        task,
+        list(config.matryoshka_dims),
+        precision.load_calibration(folder),
+        {b: record[b]["gated"] for b in results},
+        precision_tolerance,
+        recommend_within,
+        decided,
+    )
     write_matryoshka_info(
-        folder, matryoshka_info(folder).get("dims", config.matryoshka_dims), backends=record
+        folder,
+        matryoshka_info(folder).get("dims", config.matryoshka_dims),
+        backends=record,
+        precisions=precisions,
     )
     return record
+
+
+def _numpy(x):
+    return x.detach().cpu().float().numpy() if hasattr(x, "detach") else np.asarray(x)
 
 
 def gate_table(record: dict[str, Any], dims: list[int]) -> list[str]:

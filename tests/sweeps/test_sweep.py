@@ -113,6 +113,25 @@ def test_smoke_sweep_exports_the_best_model_and_a_report(smoke_sweep):
     assert metrics["refit_negatives"]["from_cache"] is True
     assert "## Hard negatives" in report and "read from the cache" in report
     assert "held-out test split" in (best / "README.md").read_text()
+    # Output precisions: calibrated on the train split's passages, scored per backend and dim
+    # on validation (too few queries here: nothing quantized is allowed), plotted, recommended.
+    precisions = metrics["precisions"]
+    assert precisions["calibration_passages"] > 10
+    assert (best / "quantization" / "calibration.npy").is_file()
+    assert "undecided" in precisions and set(precisions["backends"]) == set(metrics["backends"]) - {
+        "task",
+        "tolerance",
+        "metric",
+        "undecided",
+    }
+    for entry in precisions["backends"].values():
+        for row in entry["dims"].values():
+            assert set(row) == {"float32", "int8", "uint8", "binary", "ubinary", "binary-rescored"}
+            assert [p for p, m in row.items() if m["allowed"]] == ["float32"]
+        assert entry["recommended"]["precision"] == "float32"
+    assert "## Smaller vectors" in report and "**Recommended:**" in report
+    assert (out / "quality_vs_bytes.png").stat().st_size > 1000
+    assert "## Smaller vectors" in (best / "README.md").read_text()
 
 
 def test_epochs_are_the_budget_so_rungs_compare_the_same_schedule(smoke_sweep):
