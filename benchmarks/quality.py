@@ -281,6 +281,22 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
         role = "chooses" if roles.get(name) == "choose" else "verifies"
         guard_lines += f"\nGuard source {name} ({role}; MAP@100, the sweep's figures):\n\n"
         guard_lines += markdown_table(["dim", *scores], rows, "r" * (len(scores) + 1))
+    precision_lines = ""
+    if record.get("precisions"):
+        from trainers.precision import cpu_backend, describe_recommended, precision_table
+
+        precisions = record["precisions"]
+        backend = cpu_backend(precisions)
+        precision_lines = (
+            f"\nThe export's output precisions (the sweep's figures: MAP@100 on validation, "
+            f"{precisions['task']}, through {backend}, what `--backend auto` serves on a CPU; "
+            f"(no): refused at that dim, over {precisions['tolerance']} below torch float32 "
+            "there):\n\n"
+            + "\n".join(precision_table(precisions, backend))
+            + "\n\nRecommended: "
+            + describe_recommended(precisions["backends"][backend]["recommended"])
+            + ".\n"
+        )
     return (
         f"Sweep `{sweep}` (model `{name}`). The pipeline's model: **{exported}**; refit on "
         f"{refit.max_pairs} pairs for {epochs_text(refit.epochs)}. The seed recipe (lr "
@@ -298,6 +314,7 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
         + markdown_table(["rival", *(f"dim {d}" for d in dims)], rivals, "l" + "r" * len(dims))
         + negatives_lines
         + guard_lines
+        + precision_lines
     )
 
 

@@ -4,6 +4,7 @@
     python benchmarks/serving.py --model runs/local/best
     python benchmarks/serving.py --no-peers           # ours and the in-process bar only
     python benchmarks/serving.py --smoke              # tiny model, short loads, ours only (CI)
+    python benchmarks/serving.py --precisions --no-peers   # float vs int8 vs binary output
 
 One model for every server. The bundled MiniLM (or --model) is copied, exported to ONNX (fp32
 and int8) and gated per dim on Debian pairs (trainers.export, trainers.gate), as a sweep
@@ -46,6 +47,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _common import REPO, add_common_args, markdown_table, results_dir, write_results
 
@@ -70,6 +72,7 @@ class Level:
     kind: str
     batch: int = 1
     behind: int = 0
+    fields: tuple[tuple[str, Any], ...] = ()  # request fields besides input
 
     def __str__(self) -> str:
         what = f"{self.name}, {self.clients} client{'s' if self.clients > 1 else ''}"
@@ -145,9 +148,10 @@ def check_no_ray(wait_s: float = 15.0) -> None:
 
 def prepare_model(args, work: Path) -> Path:
     """A model folder with its ONNX exports, gated on Debian pairs (as a sweep's export is)."""
-    from trainers import export, gate
+    from trainers import export, gate, precision
     from trainers.config import TrainConfig
-    from trainers.models import matryoshka_info, resolve, write_matryoshka_info
+    from trainers.data import load_pairs, sample
+    from trainers.models import load_model, matryoshka_info, resolve, write_matryoshka_info
     from trainers.tasks import pairs_task
 
     source, _ = resolve(args.model)
@@ -159,7 +163,15 @@ def prepare_model(args, work: Path) -> Path:
     export.export(folder)
     config = TrainConfig(model=str(folder), matryoshka_dims=dims)
     task = pairs_task(config, args.gate_pairs, args.gate_pairs // 4, config.seed)
-    print(f"--- gating the backends on {task.describe()} (Debian pairs)", flush=True)
+    # int8 output is calibrated on Debian passages the gate does not score (as the export
+    # calibrates on training passages).
+    scored = set(task.corpus.values())
+    pairs, _ = load_pairs(config)
+    calibration = [
+        p.passage for p in sample(pairs, 4 * args.gate_pairs, 1) if p.passage not in scored
+    ]
+    precision.calibrate(folder, load_model(str(folder)), calibration)
+    print(f"--- gating the backends and output precisions on {task.describe()} (Debian pairs)")
     gate.gate(folder, task, config)
     return folder
 
@@ -272,12 +284,20 @@ def infinity_folder(folder: Path, work: Path, served: str) -> Path:
 
 
 def start(
-    label: str, args, folder: Path, port: int, work: Path, env: dict[str, str], served: str
+    label: str,
+    args,
+    folder: Path,
+    port: int,
+    work: Path,
+    env: dict[str, str],
+    served: str,
+    flags: tuple[str, ...] = (),
 ) -> Server:
     url = f"http://127.0.0.1:{port}"
     log = work / f"{label.replace(' ', '-').replace(',', '')}.log"
     if label == OURS:
         command = [sys.executable, "serve/app.py", "--model", str(folder), "--port", str(port)]
+        command += flags
         return Server(label, command, url, "/v1/embeddings", REPO, log, env, "Ctrl-C to stop")
     venv = peer_venv(Path(args.peers_dir), INFINITY)
     command = [
@@ -304,7 +324,7 @@ def run_level(level: Level, url: str, route: str, texts, tokens, args):
     def load(clients: int, kind: str, batch: int, limit: int):
         return loadtest.run_load(
             url, texts[kind], clients, limit, args.time_limit, route=route, batch=batch,
-            tokens=tokens[kind],
+            tokens=tokens[kind], fields=dict(level.fields) if kind == level.kind else None,
         )  # fmt: skip
 
     async def both():
@@ -411,6 +431,88 @@ def measure(args, folder: Path, served: str, encoder, levels, texts, tokens, lab
             for level in levels:
                 results[level][label].append(found.get(level))
     return results, orders, samples, notes, starts
+
+
+PRECISION_FORMATS = ("float", "int8", "binary")
+
+
+def measure_precisions(args, folder: Path, served: str, texts, tokens, work: Path):
+    """Ours on the mixed single-text load at 16 clients, asking for each output precision at
+    --precision-dim: {format: [Load per round]}, and each round's (shuffled) order. The
+    server runs with --allow-ungated, so that a precision the gate refused at that dim is
+    measured too (its quality is the report's business, not this benchmark's)."""
+    results: dict[str, list] = {f: [] for f in PRECISION_FORMATS}
+    orders = []
+    rng = random.Random(args.seed)
+    short = tempfile.TemporaryDirectory(prefix="hx", dir="/tmp")
+    stats, metrics, port = free_ports(3)
+    env = haproxy_env(short.name, [stats, metrics])
+    for round_ in range(args.rounds):
+        order = list(PRECISION_FORMATS)
+        rng.shuffle(order)
+        orders.append(order)
+        print(f"--- round {round_ + 1}: {', '.join(order)}", flush=True)
+        server = start(OURS, args, folder, port, work, env, served, ("--allow-ungated",))
+        try:
+            server.wait_ready()
+            visit(server, (), texts, tokens, args)  # the warm-up every visit gets
+            for name in order:
+                fields = (("encoding_format", name), ("dimensions", args.precision_dim))
+                level = Level(f"mixed, {name}", 16, "mixed", fields=fields)
+                load = run_level(level, server.url, server.route, texts, tokens, args)
+                results[name].append(load)
+                print(
+                    f"    {name}: {load.ok / load.seconds:.1f} req/s, "
+                    f"{load.response_bytes / max(load.ok, 1):.0f} bytes per answer, "
+                    f"failures {dict(load.outcomes)}",
+                    flush=True,
+                )
+        finally:
+            server.stop()
+    return results, orders
+
+
+def precision_report(args, folder: Path, results, orders) -> str:
+    from trainers.models import matryoshka_info
+    from trainers.precision import bytes_per_vector, cpu_backend, precision_table
+
+    record = matryoshka_info(folder).get("precisions", {})
+    dim = args.precision_dim
+    floats = [per_s(load) for load in results["float"]]
+    lines = [
+        f"Ours: `python serve/app.py --model FOLDER --port P --allow-ungated`; the mixed "
+        f"single-text load (half queries, half passages) at 16 clients, each request asking "
+        f"for `dimensions: {dim}` and the `encoding_format` of the row; {args.rounds} rounds, "
+        f"formats in shuffled order (seed {args.seed}):",
+        "",
+        *[f"- round {i + 1}: {', '.join(order)}" for i, order in enumerate(orders)],
+        "",
+        "| encoding_format | req/s: median [rounds] | vs float [rounds] | bytes per answer | "
+        "bytes per vector | p50 ms | p99 ms | failed |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, loads in results.items():
+        rates = [per_s(load) for load in loads]
+        ratio = ratios(rates, floats)
+        answered = sum(load.ok for load in loads)
+        latencies = [ms for load in loads for ms in load.latencies_ms]
+        size = "float32" if name == "float" else name
+        lines.append(
+            f"| {name} | {fmt_rounds(rates)} | {fmt_rounds(ratio, 2)} | "
+            f"{sum(load.response_bytes for load in loads) / max(answered, 1):.0f} | "
+            f"{bytes_per_vector(size, dim)} | {pct(latencies, 50):.1f} | "
+            f"{pct(latencies, 99):.1f} | {sum(load.failed for load in loads)} |"
+        )
+    if record:
+        backend = cpu_backend(record)
+        lines += [
+            "",
+            f"What each precision keeps (MAP@100 on the gate's pairs, {record['task']}, "
+            f"through {backend}; (no): refused at that dim without --allow-ungated):",
+            "",
+            *precision_table(record, backend),
+        ]
+    return "\n".join(lines) + "\n"
 
 
 def start_table(starts) -> str:
@@ -607,6 +709,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gate-pairs", type=int, default=2000, help="Debian pairs for the gate")
     parser.add_argument("--no-peers", action="store_true", help="ours and the bar, no infinity")
     parser.add_argument(
+        "--precisions",
+        action="store_true",
+        help="only ours, asking for float, int8 and binary output (results: serving-precisions)",
+    )
+    parser.add_argument(
+        "--precision-dim", type=int, default=384, help="the dim the --precisions load asks for"
+    )
+    parser.add_argument(
         "--peers-dir",
         default=os.path.expanduser("~/.cache/matryoshka-sweeps/peers"),
         help="where the peers' virtual environment is made (once)",
@@ -620,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
     peers = [] if args.no_peers else ["infinity ONNX, optimizer on", "infinity ONNX, optimizer off"]
     if peers:
         peer_venv(Path(args.peers_dir), INFINITY)  # installed before any timing, once
-    check_no_ray()
+    if not args.precisions:  # (they compare ours with ours: no peer, no in-process bar)
+        check_no_ray()
 
     from serve import backend_choice
     from serve.loadtest import sample_texts
@@ -632,16 +743,26 @@ def main(argv: list[str] | None = None) -> int:
     encoder = backend_choice.load(ours, str(folder), None, False, None)[0]
     texts = {k: sample_texts(TEXTS_PER_KIND, 1, k) for k in ("queries", "passages", "mixed")}
     tokens = {k: token_counts(encoder, v) for k, v in texts.items()}
+    from trainers.config import TrainConfig
+    from trainers.data import load_split
+
+    seen = load_split(TrainConfig()).fingerprint  # the gate's pairs and the load's texts
+    if args.precisions:
+        found, orders = measure_precisions(args, folder, ours, texts, tokens, work)
+        write_results(
+            results_dir(args, work),
+            "serving-precisions",
+            "Serving: output precisions (float, int8, binary)",
+            precision_report(args, folder, found, orders),
+            data=seen,
+        )
+        return 0
     results, orders, samples, notes, starts = measure(
         args, folder, ours, encoder, levels, texts, tokens, [OURS, *peers], work
     )
     body = report(args, folder, ours, results, levels, peers, orders, samples, notes, tokens)
     body += "\nStart-up, as a health check sees it (ours: until it prints that it serves):\n\n"
     body += start_table(starts)
-    from trainers.config import TrainConfig
-    from trainers.data import load_split
-
-    seen = load_split(TrainConfig()).fingerprint  # the gate's pairs and the load's texts
     write_results(
         results_dir(args, work), "serving", "Serving: ours vs infinity-emb", body, data=seen
     )

@@ -18,6 +18,8 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from trainers.precision import at_dim
+
 
 class ErrorKind(enum.Enum):
     """Every way a request can fail: HTTP status, OpenAI error type, and the envelope's code.
@@ -81,7 +83,9 @@ class EmbeddingRequest(BaseModel):
     input: str | list[str]
     model: str | None = None
     dimensions: int | None = None
-    encoding_format: Literal["float", "base64"] = "float"
+    # int8, uint8, binary, ubinary: quantized vectors (integers), where the model folder's
+    # gate allows them at the dim asked for (serve/served.py; trainers/precision.py).
+    encoding_format: Literal["float", "base64", "int8", "uint8", "binary", "ubinary"] = "float"
     input_type: Literal["query", "document"] | None = (
         None  # extension: "query" adds the query prompt
     )
@@ -109,10 +113,11 @@ def parse_request(
     *,
     max_body_bytes: int,
     max_inputs: int,
-    model_dim: int,
-    served_names: tuple[str, ...],
+    served: dict[str, int],
 ) -> EmbeddingRequest:
-    """Parse and check a request body, or raise APIError naming what is wrong."""
+    """Parse and check a request body, or raise APIError naming what is wrong. ``served``:
+    each served model's name and dims, the default first; the returned request's ``model`` is
+    the one that answers."""
     if len(body) > max_body_bytes:
         raise APIError(
             ErrorKind.BODY_TOO_LARGE,
@@ -154,33 +159,39 @@ def parse_request(
     empty = [i for i, t in enumerate(texts) if not t]
     if empty:
         raise APIError(ErrorKind.INVALID_REQUEST, f"input[{empty[0]}] is an empty string", "input")
+    if request.model is not None and request.model not in served:
+        names = ", ".join(repr(n) for n in served)
+        raise APIError(
+            ErrorKind.MODEL_NOT_FOUND,
+            f"model {request.model!r} is not served here; served: {names}",
+            "model",
+        )
+    model = request.model if request.model is not None else next(iter(served))
+    model_dim = served[model]
     if request.dimensions is not None and not 1 <= request.dimensions <= model_dim:
         raise APIError(
             ErrorKind.INVALID_REQUEST,
             f"dimensions={request.dimensions}: must be between 1 and {model_dim}",
             "dimensions",
         )
-    if request.model is not None and request.model not in served_names:
-        raise APIError(
-            ErrorKind.MODEL_NOT_FOUND,
-            f"model {request.model!r} is not served here; use {served_names[0]!r}",
-            "model",
-        )
-    return request
+    return request.model_copy(update={"model": model})
 
 
 def truncate(embeddings: np.ndarray, dimensions: int | None) -> np.ndarray:
-    """Matryoshka truncation, then re-normalisation so that cosine = dot product."""
-    if dimensions is not None:
-        embeddings = embeddings[:, :dimensions]
-    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
-    return (embeddings / np.maximum(norms, 1e-12)).astype(np.float32)
+    """Matryoshka truncation, then re-normalisation so that cosine = dot product (the very
+    function the precision gate and the int8 calibration truncate with)."""
+    return at_dim(embeddings, dimensions)
 
 
 def render(
-    embeddings: np.ndarray, request: EmbeddingRequest, model_name: str, tokens: int
+    embeddings: np.ndarray,
+    request: EmbeddingRequest,
+    model_name: str,
+    tokens: int,
+    quantized: np.ndarray | None = None,
 ) -> bytes:
-    """The response body as JSON bytes (OpenAI's shape).
+    """The response body as JSON bytes (OpenAI's shape); ``quantized``: the vectors in the
+    precision asked for (int8 ... ubinary), sent instead of the float ones.
 
     orjson writes each float32 vector straight from the array, as the shortest decimal that
     gives back that float32 exactly: 10 us for 384 floats, where one `%.9g` format per vector
@@ -192,7 +203,9 @@ def render(
             ErrorKind.INTERNAL,
             "the model produced a non-finite embedding (NaN or inf); check the model",
         )
-    if request.encoding_format == "base64":
+    if quantized is not None:  # int8 ... ubinary: one list of integers per text
+        vectors = list(np.ascontiguousarray(quantized))
+    elif request.encoding_format == "base64":
         vectors: list[Any] = [
             base64.b64encode(v.astype("<f4").tobytes()).decode() for v in embeddings
         ]

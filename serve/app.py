@@ -2,6 +2,8 @@
 
     python serve/app.py --model runs/local/best        # foreground on 127.0.0.1:8000, Ctrl-C stops
     python serve/app.py --model runs/local/best --host 0.0.0.0 --port 9000
+    python serve/app.py --model runs/a/best --model runs/b/best  # several: the request's model
+    python serve/app.py rollout --model runs/new/best  # replace the model, no failed request
     eval "$(python -m serve.env)"; serve run serve/config.yaml   # the YAML with Serve's CLI
 
     curl -s 127.0.0.1:8000/v1/embeddings -H 'Content-Type: application/json' \\
@@ -114,6 +116,46 @@ def start(
     return serve.run_many([target], wait_for_applications_running=wait)[0]
 
 
+def rollout(
+    args: ServeArgs,
+    address: str = "auto",
+    name: str = "embeddings",
+    route_prefix: str = "/",
+    options: dict[str, Any] | None = None,
+) -> None:
+    """Replace the model(s) of a running server (started by ``python serve/app.py`` or
+    ``start``) on the Ray at ``address``, without a failed request: Serve's rolling update
+    starts replicas of the new model and stops the old ones only after they finished what they
+    hold, while HAProxy sends each request to a replica that is up (and replays one whose
+    replica went away: serve/env.py). Responses name the model that encoded them, so clients
+    see the switch. Returns once every replica serves the new model."""
+    import ray
+
+    if not ray.is_initialized():
+        # A local Ray (what `python serve/app.py` starts) turns on token authentication and
+        # keeps its token in ~/.ray/auth_token; a driver that joins it sends the token only
+        # in token mode, which Ray 2.60 does not turn on by itself when it joins (the join
+        # failed with InvalidAuthToken). Ray's own rule: token mode where a token exists and
+        # RAY_AUTH_MODE is not set.
+        try:
+            from ray._private.authentication import authentication_token_setup as auth
+
+            auth.maybe_enable_token_auth_if_token_available(warn_if_disabled=False)
+        except (ImportError, AttributeError):  # another Ray: its own defaults
+            pass
+        ray.init(address=address, log_to_driver=False)
+    if name not in serve.status().applications:
+        raise ModelError(
+            f"no embedding service {name!r} runs on the Ray at {address}: start one first "
+            "(python serve/app.py --model ...)"
+        )
+    if options is None:  # start()'s shape, from every CPU of the cluster (replicas hold them now)
+        options = filled_options(ray.cluster_resources().get("CPU", 1.0))
+    service = deployments.EmbeddingService.options(**options)
+    target = serve.RunTarget(service.bind(args), name=name, route_prefix=route_prefix)
+    serve.run_many([target], wait_for_applications_running=True)
+
+
 def wait_healthy(url: str, timeout_s: float = 120.0) -> None:
     import httpx
 
@@ -142,11 +184,69 @@ def stop(deadline_s: float | None = None) -> None:
         logger.info("ended %d process(es) that outlived Ray: %s", len(left), "; ".join(left))
 
 
+def serve_args_of(args: argparse.Namespace) -> ServeArgs:
+    """The app's arguments from the flags: each --model checked, local folders made absolute
+    (the replicas may not share this process's working directory)."""
+    models = []
+    for spec in args.model:
+        if spec.startswith("bundled:") or storage.is_uri(spec):
+            models.append(spec)
+        elif Path(spec).is_dir():
+            models.append(str(Path(spec).resolve()))
+        else:
+            raise ModelError(f"--model {spec}: no such folder")
+    return ServeArgs(
+        model=models[0] if len(models) == 1 else models,
+        name=args.name,
+        backend=args.backend,
+        allow_ungated=args.allow_ungated,
+    )
+
+
+def _rollout_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python serve/app.py rollout",
+        description="Replace the served model(s) of a running server by a new export, with no "
+        "failed request: python serve/app.py rollout --model runs/local/best",
+    )
+    parser.add_argument("--model", required=True, action="append", help=flag("model")["help"])
+    parser.add_argument("--name", **flag("name"))
+    parser.add_argument(
+        "--backend", choices=("auto", "torch", "onnx", "onnx-int8"), **flag("backend")
+    )
+    parser.add_argument("--allow-ungated", action="store_true", help=flag("allow_ungated")["help"])
+    parser.add_argument(
+        "--address",
+        default="auto",
+        help="the server's Ray (it prints it at start; default: %(default)s, the one on this "
+        "machine)",
+    )
+    parser.add_argument("--app", default="embeddings", help="the Serve application to update")
+    parser.add_argument("--route-prefix", default="/", help="its route prefix")
+    args = parser.parse_args(argv)
+    cli.setup_logging()
+    serve_args = serve_args_of(args)
+    started = time.perf_counter()
+    rollout(serve_args, args.address, args.app, args.route_prefix)
+    print(
+        f"rolled out {', '.join(serve_args.served_names)} in {time.perf_counter() - started:.0f}s",
+        flush=True,
+    )
+    return 0
+
+
 def _main(argv: list[str]) -> int:
+    if argv[:1] == ["rollout"]:
+        return _rollout_main(argv[1:])
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--model", required=True, help=flag("model")["help"])
+    parser.add_argument(
+        "--model",
+        required=True,
+        action="append",
+        help=flag("model")["help"] + "; repeat --model to serve several",
+    )
     parser.add_argument(
         "--host", default="127.0.0.1", help="bind address (default: %(default)s, this machine only)"
     )
@@ -158,18 +258,7 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--allow-ungated", action="store_true", help=flag("allow_ungated")["help"])
     args = parser.parse_args(argv)
     cli.setup_logging()
-    if (
-        not args.model.startswith("bundled:")
-        and not storage.is_uri(args.model)
-        and not Path(args.model).is_dir()
-    ):
-        raise ModelError(f"--model {args.model}: no such folder")
-    serve_args = ServeArgs(
-        model=str(Path(args.model).resolve()) if Path(args.model).is_dir() else args.model,
-        name=args.name,
-        backend=args.backend,
-        allow_ungated=args.allow_ungated,
-    )
+    serve_args = serve_args_of(args)
     url = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
     import httpx
     import ray
@@ -184,10 +273,16 @@ def _main(argv: list[str]) -> int:
             key = os.environ.get(serve_args.api_key_env)
             auth = {"Authorization": f"Bearer {key}"} if key else {}
             models = httpx.get(f"{url}/v1/models", headers=auth, timeout=10).json()
-            model = models["data"][0]
+            for spec, model in zip(args.model, models["data"], strict=True):
+                print(
+                    f"serving {spec} as {model['id']!r} at {url}/v1/embeddings with the "
+                    f"{model['backend']} backend ({model['backend_reason']})",
+                    flush=True,
+                )
+            address = ray.get_runtime_context().gcs_address
             print(
-                f"serving {args.model} at {url}/v1/embeddings with the {model['backend']} "
-                f"backend ({model['backend_reason']}); Ctrl-C to stop",
+                f"Ctrl-C to stop; to replace the model without a failed request: python "
+                f"serve/app.py rollout --address {address} --model NEW_FOLDER",
                 flush=True,
             )
             while True:

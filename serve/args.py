@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from serve.backend_choice import Backend
 from trainers.config import Config
@@ -19,11 +19,20 @@ from trainers.config import Config
 class ServeArgs(Config):
     """The embedding app's arguments (`args:` in serve/config.yaml, or the CLI flags)."""
 
-    model: str = Field(
-        description="sentence-transformers folder, its URI (s3://.../best), or bundled:minilm"
+    model: str | list[str] = Field(
+        description="sentence-transformers folder, its URI (s3://.../best), or bundled:minilm; "
+        "a list serves several behind one endpoint, routed by the request's `model` (the first "
+        "is the default)"
     )
     name: str | None = Field(
-        None, description="model name clients send; default: the folder's name"
+        None, description="model name clients send; default: the folder's name (one model only)"
+    )
+    max_loaded_models: int = Field(
+        3,
+        ge=2,
+        description="models one replica keeps loaded at once when several are served: the "
+        "first always, the least recently used other unloaded to make room (Serve's model "
+        "multiplexing)",
     )
     query_prompt: str | None = Field(
         None, description="prompt for input_type=query; default: the model's own"
@@ -53,13 +62,51 @@ class ServeArgs(Config):
         "that passed the model folder's quality gate (ONNX on a CPU, torch on a CUDA GPU)",
     )
     allow_ungated: bool = Field(
-        False, description="serve a backend that failed (or never had) the quality gate"
+        False,
+        description="serve a backend, or an output precision (int8, binary...) at a dim, that "
+        "failed (or never had) the quality gate",
     )
+
+    @model_validator(mode="after")
+    def _names(self) -> ServeArgs:
+        if isinstance(self.model, list):
+            if not self.model:
+                raise ValueError("model: an empty list; give at least one model folder")
+            if self.name is not None and len(self.model) > 1:
+                raise ValueError(
+                    f"name={self.name!r} names one model, but {len(self.model)} are served: "
+                    "each is served under its folder's name; drop name"
+                )
+        names = self.served_names
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(
+                f"models {twice} would be served under one name (their folders' names): "
+                "clients could not tell them apart; give folders distinct names"
+            )
+        return self
+
+    @property
+    def models(self) -> list[str]:
+        return [self.model] if isinstance(self.model, str) else list(self.model)
+
+    @property
+    def served_names(self) -> list[str]:
+        """The model names clients send, one per model: ``name`` (one model only), or each
+        model folder's name."""
+        if self.name is not None:
+            return [self.name]
+        return [served_name_of(spec) for spec in self.models]
 
     @property
     def served_name(self) -> str:
-        """The model name clients send: ``name``, or the model folder's name."""
-        return self.name or Path(self.model.removeprefix("bundled:")).name
+        """The default model's name (the first)."""
+        return self.served_names[0]
+
+
+def served_name_of(spec: str) -> str:
+    """A model's default name: its folder's (runs/a/best: best; bundled:minilm: minilm)."""
+    return Path(spec.removeprefix("bundled:").rstrip("/")).name
 
 
 class HealthArgs(Config):

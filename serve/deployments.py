@@ -27,10 +27,10 @@ from serve import ingress  # first: it gives Serve its settings before ray.serve
 # isort: split
 from ray import serve
 
-from serve import backend_choice
 from serve.api import APIError, ErrorKind, parse_request, render, truncate
 from serve.args import HealthArgs, ServeArgs
 from serve.ingress import Reply, fastapi_app
+from serve.served import ModelInfo, ServedModel
 
 logger = logging.getLogger("serve")
 BATCH_DEFAULTS = {
@@ -68,7 +68,6 @@ def replica_cpus() -> int:
 class EmbeddingService:
     def __init__(self, args: ServeArgs) -> None:
         self.args = args  # validated once, by whoever built the app
-        self.name = self.args.served_name
         self.batches = 0
         self.batched_texts = 0
         self.in_flight = 0
@@ -76,35 +75,54 @@ class EmbeddingService:
         self._handle = None  # to the deployment itself, made on the first large request
         self.encode.set_max_batch_size(self.args.max_batch_size)
         self.encode.set_batch_wait_timeout_s(self.args.batch_wait_timeout_s)
-        # Loaded in the constructor, not in a background thread: Serve routes no request to a
-        # replica before its constructor returns, so a replica that autoscaling adds (or that
-        # restarts) takes traffic only once it can answer. With a background load, a new
-        # replica took its share of requests while loading and answered them 503 (seen at 16
-        # clients: scale-up from 1 to 2 replicas failed the load test).
-        from trainers.models import matryoshka_info, resolve
+        # Every served model as its files describe it (GET /v1/models lists them all), and the
+        # first (the default) loaded now: in the constructor, not in a background thread. Serve
+        # routes no request to a replica before its constructor returns, so a replica that
+        # autoscaling adds (or that restarts) takes traffic only once it can answer. With a
+        # background load, a new replica took its share of requests while loading and
+        # answered them 503 (seen at 16 clients: scale-up from 1 to 2 replicas failed the
+        # load test).
+        self.catalog = {
+            name: ModelInfo.read(spec, name, args)
+            for spec, name in zip(args.models, args.served_names, strict=True)
+        }
+        self.default = ServedModel(next(iter(self.catalog.values())), args, replica_cpus())
+        self.name = self.default.name
+        # The others load on their first request, through Serve's model multiplexing: at most
+        # max_loaded_models - 1 of them per replica, the least recently used unloaded first.
+        # (Made here, not with a decorator, because the bound is an argument.)
 
-        folder, is_local = resolve(self.args.model)
-        encoder, self.backend, self.backend_reason = backend_choice.load(
-            self.args.backend, folder, self.args.device, self.args.allow_ungated, replica_cpus()
-        )
-        self.dim = encoder.dim
-        # The dims the model was trained on (a sweep's or trainers' export records them); any
-        # other `dimensions` is still served, but flagged (README, Serving).
-        self.trained_dims: list[int] = matryoshka_info(folder).get("dims", []) if is_local else []
-        self.query_prompt = (
-            self.args.query_prompt
-            if self.args.query_prompt is not None
-            else encoder.prompts.get("query", "")
-        )
-        self.encoder = encoder
+        self.model_loads = 0  # of models other than the default, on this replica
+
+        async def load(name: str) -> ServedModel:
+            self.model_loads += 1
+            return await asyncio.to_thread(
+                ServedModel, self.catalog[name], self.args, replica_cpus()
+            )
+
+        self._load_other = serve.multiplexed(
+            max_num_models_per_replica=self.args.max_loaded_models - 1
+        )(load)
+        encoder = self.default.encoder
         logger.warning(
-            "serving %s with the %s backend (%s): %d dims, max %d tokens",
-            self.args.model,
-            self.backend,
-            self.backend_reason,
-            self.dim,
+            "serving %s with the %s backend (%s): %d dims, max %d tokens%s",
+            self.default.info.spec,
+            self.default.info.backend,
+            self.default.info.backend_reason,
+            self.default.dim,
             encoder.max_seq_length,
+            f"; and on request: {', '.join(list(self.catalog)[1:])}"
+            if len(self.catalog) > 1
+            else "",
         )
+
+    async def model(self, name: str) -> ServedModel:
+        """The loaded model ``name`` (a served one): the default, or one loaded on demand."""
+        return self.default if name == self.name else await self._load_other(name)
+
+    @property
+    def backend(self) -> str:
+        return self.default.info.backend
 
     def _authorize(self, authorization: str | None) -> None:
         expected = os.environ.get(self.args.api_key_env)
@@ -115,22 +133,32 @@ class EmbeddingService:
             )
 
     @serve.batch(**BATCH_DEFAULTS)  # the args' values are set in __init__
-    async def encode(self, texts: list[str]) -> list[Encoded]:
+    async def encode(self, items: list[tuple[ServedModel, str]]) -> list[Encoded]:
         # Deliberately blocking: while the model runs, new requests queue up and form the next
         # batch. Awaiting an executor here would let each request run alone (batch size 1).
         self.batches += 1
-        self.batched_texts += len(texts)
-        # Token counts for `usage` come with the batch's encode: a tokenizer call per request
-        # cost time under load (tokenizer threads waking up on a busy CPU: `git show 0250b01`).
-        vectors, counts = self.encoder.encode_counted(texts)
+        self.batched_texts += len(items)
+        # One encode per model in the batch (several models: each its own texts).
+        by_model: dict[int, list[int]] = {}
+        for i, (model, _) in enumerate(items):
+            by_model.setdefault(id(model), []).append(i)
+        out: list[Encoded | None] = [None] * len(items)
+        for indices in by_model.values():
+            model = items[indices[0]][0]
+            # Token counts for `usage` come with the batch's encode: a tokenizer call per
+            # request cost time under load (tokenizer threads waking up on a busy CPU:
+            # `git show 0250b01`).
+            vectors, counts = model.encoder.encode_counted([items[i][1] for i in indices])
+            for i, v, n in zip(indices, vectors, counts, strict=True):
+                out[i] = Encoded(v, n, len(items))
         # Wait for a batch to fill only while requests arrive together. After a batch of one
         # (a lone client), the next request is encoded at once instead of waiting
         # batch_wait_timeout_s for company that is not coming; the first batch of two or more
         # turns the wait back on. (Serve reads it when the next batch's first request comes.)
         self.encode.set_batch_wait_timeout_s(
-            self.args.batch_wait_timeout_s if len(texts) > 1 else 0.0
+            self.args.batch_wait_timeout_s if len(items) > 1 else 0.0
         )
-        return [Encoded(v, n, len(texts)) for v, n in zip(vectors, counts, strict=True)]
+        return out
 
     async def embeddings(
         self, authorization: str | None, read_body: Callable[[], Awaitable[bytes]]
@@ -158,16 +186,18 @@ class EmbeddingService:
             body,
             max_body_bytes=self.args.max_body_bytes,
             max_inputs=self.args.max_inputs,
-            model_dim=self.dim,
-            served_names=(self.name,),
+            served={name: info.dim for name, info in self.catalog.items()},
         )
+        model = await self.model(parsed.model)
+        dim = parsed.dimensions or model.dim
+        model.check_output(parsed.encoding_format, dim)  # before any encoding
         texts = parsed.texts
-        if parsed.input_type == "query" and self.query_prompt:
-            texts = [self.query_prompt + t for t in texts]
+        if parsed.input_type == "query" and model.query_prompt:
+            texts = [model.query_prompt + t for t in texts]
         if len(texts) == 1:  # the common case, without a task per text
-            encoded = [await self.encode(texts[0])]
+            encoded = [await self.encode((model, texts[0]))]
         elif len(texts) < SHARE_FROM:
-            encoded = await self.encode_share(texts)
+            encoded = await self.encode_share(texts, model)
         else:
             # A replica encodes on one core (one 1-CPU replica per core), so a large request
             # alone left the other cores idle: batches of 32 from one client ran at 0.61x of
@@ -175,7 +205,7 @@ class EmbeddingService:
             # router picks the replica with the fewest requests (usually another one).
             half = len(texts) // 2
             mine, theirs = await asyncio.gather(
-                self.encode_share(texts[:half]), self._elsewhere(texts[half:])
+                self.encode_share(texts[:half], model), self._elsewhere(texts[half:], model)
             )
             encoded = mine + theirs
         embeddings = truncate(np.stack([e.vector for e in encoded]), parsed.dimensions)
@@ -184,65 +214,62 @@ class EmbeddingService:
         # load test reads it from every response, so it sees the batches of every replica.
         batch = sum(e.batch_size for e in encoded) / len(encoded)
         headers = {"x-batch-size": f"{batch:g}"}
-        if (
-            self.trained_dims
-            and parsed.dimensions is not None
-            and parsed.dimensions not in self.trained_dims
-        ):
+        trained = model.info.trained_dims
+        if trained and parsed.dimensions is not None and parsed.dimensions not in trained:
             headers["x-dimensions-untrained"] = str(parsed.dimensions)
-        return 200, render(embeddings, parsed, self.name, tokens), headers
+        quantized = model.output(embeddings, parsed.encoding_format)
+        return 200, render(embeddings, parsed, model.name, tokens, quantized), headers
 
-    async def encode_share(self, texts: list[str]) -> list[Encoded]:
+    async def encode_share(self, texts: list[str], model: ServedModel | str) -> list[Encoded]:
         """``texts`` through this replica's batcher (a request's, or a share of another
-        replica's request), joining the batch queue one batch's worth at a time: a query that
-        arrives meanwhile waits for one batch of it, not for all its texts (256 passages took
-        seconds on one core; tests/serve/test_app.py holds this)."""
+        replica's request, which names its model), joining the batch queue one batch's worth
+        at a time: a query that arrives meanwhile waits for one batch of it, not for all its
+        texts (256 passages took seconds on one core; tests/serve/test_app.py holds this)."""
+        if isinstance(model, str):
+            model = await self.model(model)
         encoded, step = [], self.args.max_batch_size
         for i in range(0, len(texts), step):
-            encoded += await asyncio.gather(*(self.encode(t) for t in texts[i : i + step]))
+            encoded += await asyncio.gather(*(self.encode((model, t)) for t in texts[i : i + step]))
         return encoded
 
-    async def _elsewhere(self, texts: list[str]) -> list[Encoded]:
-        """``texts`` encoded by whichever replica Serve's router picks; here if that fails (the
-        replica it picked died): a share never costs the request."""
+    async def _elsewhere(self, texts: list[str], model: ServedModel) -> list[Encoded]:
+        """``texts`` encoded by whichever replica Serve's router picks (for a model other than
+        the default, preferably one that has it loaded: model multiplexing); here if that
+        fails (the replica it picked died): a share never costs the request."""
         try:
             if self._handle is None:
                 context = serve.get_replica_context()
                 self._handle = serve.get_deployment_handle(context.deployment, context.app_name)
-            return await self._handle.encode_share.remote(texts)
+            handle = self._handle
+            if model is not self.default:
+                handle = handle.options(multiplexed_model_id=model.name)
+            return await handle.encode_share.remote(texts, model.name)
         except Exception as err:  # Ray's errors for a dead or unreachable replica vary
             logger.warning(
                 "a share of %d texts failed elsewhere (%r): encoding it here", len(texts), err
             )
-            return await self.encode_share(texts)
+            return await self.encode_share(texts, model)
 
     async def probe(self) -> dict[str, Any]:
         """Encode one text through the batcher, as a request would: the readiness check."""
         started = time.perf_counter()
-        encoded = await self.encode("readiness probe")
+        encoded = await self.encode((self.default, "readiness probe"))
         if not np.isfinite(encoded.vector).all():
             raise APIError(ErrorKind.INTERNAL, "the model produced a non-finite embedding")
         return {"model": self.name, "encode_ms": round((time.perf_counter() - started) * 1000, 1)}
 
     @fastapi_app.get("/v1/models")
     async def models(self, request: Request) -> Response:
+        """Every served model (the default first): dims, backend, the output precisions
+        allowed per dim with their bytes per vector, and the recommended dim."""
         self._authorize(request.headers.get("authorization"))
-        model = {
-            "id": self.name,
-            "object": "model",
-            "created": 0,
-            "owned_by": "matryoshka-sweeps",
-            "dimensions": self.dim,
-            "matryoshka_dimensions": self.trained_dims,
-            "max_input_tokens": self.encoder.max_seq_length,
-            "backend": self.backend,
-            "backend_reason": self.backend_reason,
-        }
-        return JSONResponse({"object": "list", "data": [model]})
+        data = [info.describe() for info in self.catalog.values()]
+        return JSONResponse({"object": "list", "data": data})
 
     @fastapi_app.get("/v1/stats")
     async def stats(self) -> Response:
-        """Batches formed by the answering replica (reset when it restarts), its torch threads."""
+        """Batches formed by the answering replica (reset when it restarts), its torch threads,
+        and how often it loaded a model other than the default (model multiplexing's LRU)."""
         import torch
 
         return JSONResponse(
@@ -253,6 +280,7 @@ class EmbeddingService:
                 "in_flight": self.in_flight,
                 "rejected_overloaded": self.rejected,
                 "backend": self.backend,
+                "model_loads": self.model_loads,
                 "torch_threads": torch.get_num_threads(),
             }
         )

@@ -28,6 +28,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 from trainers import cli
@@ -51,6 +52,7 @@ class Load:
     replays: Counter[str] = field(default_factory=Counter)
     texts: int = 0  # texts in the 200s (requests of several texts count each)
     tokens: int = 0  # their tokens, where run_load was given each text's count
+    response_bytes: int = 0  # the bodies of the 200s
 
     @property
     def replayed(self) -> int:
@@ -296,16 +298,19 @@ async def run_load(
     route: str = "/v1/embeddings",
     batch: int = 1,
     tokens: list[int] | None = None,
+    fields: dict[str, Any] | None = None,
 ) -> Load:
     """``clients`` connections send requests back to back until ``max_requests`` were sent or
     ``time_limit_s`` passed; every outcome is counted, none stops the load. A request holds one
     text (``"input": "..."``) or, with ``batch`` > 1, the next ``batch`` texts as a list;
-    ``tokens`` (each text's token count) makes ``Load.tokens`` count the tokens answered."""
+    ``tokens`` (each text's token count) makes ``Load.tokens`` count the tokens answered;
+    ``fields`` go into every request (``{"encoding_format": "int8", "dimensions": 256}``)."""
+    extra = fields or {}
     if batch == 1:
-        bodies = [json.dumps({"input": text}).encode() for text in texts]
+        bodies = [json.dumps({"input": text, **extra}).encode() for text in texts]
     else:
         bodies = [
-            json.dumps({"input": texts[i : i + batch]}).encode()
+            json.dumps({"input": texts[i : i + batch], **extra}).encode()
             for i in range(0, len(texts) - batch + 1, batch)
         ]
     if not bodies:
@@ -325,7 +330,7 @@ async def run_load(
                 # asyncio.timeout, not wait_for: wait_for wraps every request in a task of its
                 # own, CPU that this client takes from the server it measures.
                 async with asyncio.timeout(timeout_s):
-                    status, _, formed = await connection.post(bodies[i % len(bodies)])
+                    status, answer, formed = await connection.post(bodies[i % len(bodies)])
             except TimeoutError:
                 load.outcomes["timeout"] += 1
                 await connection.close()
@@ -341,6 +346,7 @@ async def run_load(
                 load.latencies_ms.append((time.perf_counter() - started) * 1000)
                 load.texts += batch
                 load.tokens += body_tokens[i % len(bodies)]
+                load.response_bytes += len(answer)
                 if formed:
                     load.batches.append(formed)
 

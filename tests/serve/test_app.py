@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import signal
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -445,3 +447,288 @@ def test_each_onnx_backend_serves_what_it_encodes_in_process(
 
     serve.delete(name)
     serve.delete(f"{name}-health")
+
+
+def perturbed_copy(source: Path, destination: Path, seed: int) -> Path:
+    """A different real model: ``source`` with seeded noise added to its token embeddings."""
+    import torch
+
+    model = SentenceTransformer(str(source), device="cpu")
+    weights = model[0].auto_model.get_input_embeddings().weight
+    with torch.no_grad():
+        weights.add_(torch.randn(weights.shape, generator=torch.Generator().manual_seed(seed)))
+    model.save(str(destination))
+    return destination
+
+
+@pytest.fixture(scope="module")
+def precision_folder(tiny_model_path, debian_sample_file, tmp_path_factory):
+    """A tiny model folder, exported, calibrated and gated for real, at a tolerance that
+    allows the quantized (precision, dim) that lost least and refuses those that lost more."""
+    import shutil
+
+    from trainers import export, gate, precision
+    from trainers.config import TrainConfig
+    from trainers.data import load_pairs
+    from trainers.models import load_model, matryoshka_info, write_matryoshka_info
+    from trainers.tasks import pairs_task
+
+    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp("quantized") / "gated")
+    write_matryoshka_info(folder, TRAINED_DIMS)
+    export.export(folder)
+    config = TrainConfig(
+        model=str(folder),
+        matryoshka_dims=TRAINED_DIMS,
+        data=str(debian_sample_file),
+        group_column="source",
+        max_seq_length=64,
+    )
+    task = pairs_task(config, 400, gate.MIN_GATE_QUERIES, seed=0)
+    pairs, _ = load_pairs(config)
+    scored = set(task.corpus.values())
+    passages = [p.passage for p in pairs if p.passage not in scored]
+    precision.calibrate(folder, load_model(str(folder)), passages)
+    gate.gate(folder, task, config, precision_tolerance=1.0)
+    rows = matryoshka_info(folder)["precisions"]["backends"]["torch"]["dims"]
+    least = min(rows[str(d)][p]["drop"] for d in TRAINED_DIMS for p in ("int8", "binary"))
+    gate.gate(folder, task, config, precision_tolerance=least)
+    return folder
+
+
+def test_each_precision_is_quantize_embeddings_of_the_float_vectors(serve_url, precision_folder):
+    """Served with --allow-ungated (every precision at every dim): each quantized answer is
+    sentence-transformers' quantize_embeddings of the served float vectors, calibrated on the
+    embeddings the export stored in the model folder."""
+    from sentence_transformers.util.quantization import quantize_embeddings
+
+    from trainers.precision import at_dim, load_calibration
+
+    url = deploy(
+        serve_url,
+        {"model": str(precision_folder), "backend": "torch", "allow_ungated": True},
+        "ungated",
+        "/ungated",
+    )
+    calibration = load_calibration(precision_folder)
+    texts = ["a terminal text editor", "GNU C compiler", "x" * 300]
+    for dim in (384, 128, 64, 100):
+        floats = post(url, {"input": texts, "dimensions": dim}).json()["data"]
+        vectors = np.array([d["embedding"] for d in floats], dtype=np.float32)
+        for name in ("int8", "uint8", "binary", "ubinary"):
+            answer = post(url, {"input": texts, "dimensions": dim, "encoding_format": name})
+            assert answer.status_code == 200, answer.text
+            got = np.array([d["embedding"] for d in answer.json()["data"]])
+            expected = quantize_embeddings(
+                vectors, name, calibration_embeddings=at_dim(calibration, dim)
+            )
+            np.testing.assert_array_equal(got, expected.astype(np.int64), err_msg=f"{name}@{dim}")
+    from ray import serve
+
+    serve.delete("ungated")
+
+
+def test_a_precision_outside_its_gate_is_refused_and_models_lists_the_gate(
+    serve_url, precision_folder
+):
+    from trainers.models import matryoshka_info
+    from trainers.precision import allowed_dims
+
+    url = deploy(serve_url, {"model": str(precision_folder), "backend": "torch"}, "gated", "/gated")
+    record = matryoshka_info(precision_folder)["precisions"]
+    refused = allowed = 0
+    for name in ("int8", "uint8", "binary", "ubinary"):
+        dims = allowed_dims(record, "torch", name)
+        for dim in TRAINED_DIMS:
+            answer = post(
+                url, {"input": "a text editor", "dimensions": dim, "encoding_format": name}
+            )
+            if dim in dims:
+                allowed += 1
+                assert answer.status_code == 200, answer.text
+                continue
+            refused += 1
+            assert answer.status_code == 400, answer.text
+            error = answer.json()["error"]
+            assert error["param"] == "encoding_format" and error["code"] == "invalid_request"
+            assert f"not served at {dim} dims" in error["message"]
+            assert "--allow-ungated" in error["message"]
+            if dims:
+                assert str(dims) in error["message"]
+    assert allowed and refused, "the fixture's tolerance should allow one and refuse others"
+    # An untrained dim was never gated: quantized output is refused there, float is served.
+    assert (
+        post(url, {"input": "a", "dimensions": 100, "encoding_format": "binary"}).status_code == 400
+    )
+    assert post(url, {"input": "a", "dimensions": 100}).status_code == 200
+    (model,) = httpx.get(f"{url}/v1/models").json()["data"]
+    entry = record["backends"]["torch"]
+    assert model["recommended_dimension"] == entry["recommended"]
+    for listed in model["precisions"]:
+        row = entry["dims"][str(listed["dimensions"])]
+        expected = {
+            p: m["bytes"] for p, m in row.items() if m["allowed"] and p != "binary-rescored"
+        }
+        assert listed["precisions"] == expected
+        assert listed["precisions"]["float32"] == 4 * listed["dimensions"]
+    from ray import serve
+
+    serve.delete("gated")
+
+
+def test_several_models_behind_one_endpoint_each_answer_as_in_process(
+    serve_url, tiny_model_path, tmp_path
+):
+    """Three models, at most two loaded per replica (the default and one other, LRU): each
+    request's `model` gets that model's own encodings, and a model pushed out is loaded again."""
+    import shutil
+
+    alpha = shutil.copytree(tiny_model_path, tmp_path / "alpha")
+    others = [
+        perturbed_copy(tiny_model_path, tmp_path / n, s) for n, s in (("beta", 1), ("gamma", 2))
+    ]
+    url = deploy(
+        serve_url,
+        {"model": [str(alpha), *map(str, others)], "max_loaded_models": 2},
+        "several",
+        "/several",
+    )
+    listed = httpx.get(f"{url}/v1/models").json()["data"]
+    assert [m["id"] for m in listed] == ["alpha", "beta", "gamma"]
+    assert all(m["dimensions"] == 384 and m["backend"] == "torch" for m in listed)
+    texts = ["a terminal text editor", "GNU C compiler"]
+    expected = {
+        f.name: SentenceTransformer(str(f), device="cpu").encode(texts) for f in (alpha, *others)
+    }
+    assert not np.allclose(expected["alpha"], expected["beta"], atol=1e-3)
+    for name in ("alpha", "beta", "gamma", "beta", None):
+        payload = {"input": texts} if name is None else {"input": texts, "model": name}
+        answer = post(url, payload)
+        assert answer.status_code == 200, answer.text
+        body = answer.json()
+        assert body["model"] == (name or "alpha")
+        got = np.array([d["embedding"] for d in body["data"]])
+        np.testing.assert_allclose(got, unit(expected[name or "alpha"]), atol=1e-5)
+    # beta, gamma (beta pushed out: one other at a time), beta again.
+    assert httpx.get(f"{url}/v1/stats").json()["model_loads"] == 3
+    missing = post(url, {"input": "a", "model": "delta"})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+    assert "'alpha', 'beta', 'gamma'" in missing.json()["error"]["message"]
+    from ray import serve
+
+    serve.delete("several")
+
+
+def test_several_models_need_distinct_names():
+    from serve.args import ServeArgs
+
+    with pytest.raises(ValueError, match="one name"):
+        ServeArgs(model=["runs/a/best", "runs/b/best"])
+    with pytest.raises(ValueError, match="drop name"):
+        ServeArgs(model=["runs/a/best", "runs/b/alt"], name="x")
+    assert ServeArgs(model=["runs/a/best", "runs/b/alt"]).served_names == ["best", "alt"]
+
+
+@pytest.mark.slow
+def test_a_rollout_under_16_clients_fails_no_request(tiny_model_path, tmp_path):
+    """The README's commands: a server started with `python serve/app.py`, then `python
+    serve/app.py rollout --address ... --model NEW` while 16 clients send, from before the
+    rollout to after it. Every request gets a 200, and the responses switch from the old
+    model's name to the new one's for good.
+
+    The server runs with a 5 s draining window instead of Serve's 30 s (the time a replica on
+    its way out stays reachable while HAProxy drops it: HAProxy runs on the same machine and
+    reloads within a second or two), so that the test takes seconds, not minutes. A client
+    resends a request whose keep-alive connection closed before any byte of an answer, as the
+    OpenAI SDK does (HAProxy reloads its configuration when replicas change, and its old
+    process closes idle connections): such a request was never answered, so it cannot have been
+    half-done. The resends are counted, and each request may be resent once."""
+    import threading
+
+    new = perturbed_copy(tiny_model_path, tmp_path / "new", 3)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**own_serve_env(), "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "5"}
+    command = [sys.executable, "serve/app.py", "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--model", str(tiny_model_path), "--name", "v1"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[tuple[float, int, str]] = []
+    resent: list[float] = []
+    done: dict[str, Any] = {}
+    try:
+        lines = []
+        for line in server.stdout:
+            lines.append(line)
+            if "rollout --address" in line:
+                break
+        assert "rollout --address" in lines[-1], "".join(lines)[-3000:]
+        address = lines[-1].split("--address ")[1].split()[0]
+
+        async def client(http: httpx.AsyncClient, deadline: float) -> None:
+            # Until 3 s after the rollout returned (at most the deadline).
+            while time.monotonic() < min(deadline, done.get("at", deadline) + 3):
+                for attempt in (1, 2):
+                    try:
+                        answer = await http.post(f"{url}/v1/embeddings", json={"input": "a text"})
+                    except httpx.RemoteProtocolError as err:
+                        if attempt == 1 and "without sending a response" in str(err):
+                            resent.append(time.monotonic())
+                            continue
+                        seen.append((time.monotonic(), 0, repr(err)))
+                        break
+                    except httpx.HTTPError as err:
+                        seen.append((time.monotonic(), 0, repr(err)))
+                        break
+                    ok = answer.status_code == 200
+                    model = answer.json()["model"] if ok else answer.text
+                    seen.append((time.monotonic(), answer.status_code, model))
+                    break
+
+        async def load() -> None:
+            async with httpx.AsyncClient(timeout=30) as http:
+                await asyncio.gather(*(client(http, time.monotonic() + 150) for _ in range(16)))
+
+        def switch() -> None:
+            time.sleep(5)
+            started = time.monotonic()
+            done["rollout"] = subprocess.run(
+                [sys.executable, "serve/app.py", "rollout", "--address", address]
+                + ["--model", str(new), "--name", "v2"],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=140,
+            )
+            done["took"] = time.monotonic() - started
+            done["at"] = time.monotonic()
+
+        switcher = threading.Thread(target=switch)
+        switcher.start()
+        asyncio.run(load())
+        switcher.join()
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+    rollout = done["rollout"]
+    assert rollout.returncode == 0, (rollout.stdout + rollout.stderr)[-3000:]
+    assert "rolled out v2" in rollout.stdout
+    failed = [s for s in seen if s[1] != 200]
+    print(
+        f"rollout took {done['took']:.1f} s; {len(seen)} requests, {len(failed)} failed, "
+        f"{len(resent)} resent after an unanswered keep-alive close"
+    )
+    assert not failed, failed[:5]
+    names = [name for _, _, name in seen]
+    assert names[0] == "v1" and names[-1] == "v2"
+    assert {name for t, _, name in seen if t > done["at"] + 1} == {"v2"}
+    assert len(resent) <= 16, resent
