@@ -474,7 +474,12 @@ def measure_precisions(args, folder: Path, served: str, texts, tokens, work: Pat
 
 def precision_report(args, folder: Path, results, orders) -> str:
     from trainers.models import matryoshka_info
-    from trainers.precision import bytes_per_vector, cpu_backend, precision_table
+    from trainers.precision import (
+        bytes_per_vector,
+        cpu_backend,
+        describe_recommended,
+        precision_table,
+    )
 
     record = matryoshka_info(folder).get("precisions", {})
     dim = args.precision_dim
@@ -511,6 +516,10 @@ def precision_report(args, folder: Path, results, orders) -> str:
             f"through {backend}; (no): refused at that dim without --allow-ungated):",
             "",
             *precision_table(record, backend),
+            "",
+            "Recommended: "
+            + describe_recommended(record["backends"][backend]["recommended"])
+            + ".",
         ]
     return "\n".join(lines) + "\n"
 

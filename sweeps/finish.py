@@ -281,6 +281,7 @@ def _export_and_gate(
     train split's passages, then every backend and output precision gated against torch
     float32 at every dim, and the recommended dim."""
     from trainers import export, gate, precision
+    from trainers.data import sample
     from trainers.models import load_model
 
     started = time.perf_counter()
@@ -290,11 +291,12 @@ def _export_and_gate(
     else:
         say("gating the output precisions (int8, binary) at every dim")
     quantization = config.quantization
+    # From the whole train split (the trials' sample may hold fewer passages than wanted),
+    # a seeded sample: never a validation or test passage.
+    pool = split.train_pool or split.train
+    passages = [p.passage for p in sample(pool, 2 * quantization.calibration_passages, 0)]
     precision.calibrate(
-        local,
-        load_model(local, device="cpu"),
-        [p.passage for p in split.train],
-        quantization.calibration_passages,
+        local, load_model(local, device="cpu"), passages, quantization.calibration_passages
     )
     # On validation, not test: which backend and precisions are served is a choice, and test
     # picks nothing (it also costs 1,300 encodes per backend instead of 11,000 on CPU).

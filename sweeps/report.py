@@ -190,8 +190,7 @@ def plot_quality_vs_bytes(record: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     styles = {
         "float32": "o-",
-        "int8": "s-",
-        "uint8": "v:",
+        "int8": "s-",  # uint8: the same codes (trainers/precision.py), the same points
         "binary": "D-",
         "binary-rescored": "^--",
     }
@@ -200,7 +199,12 @@ def plot_quality_vs_bytes(record: dict[str, Any], path: Path) -> None:
         if any(p is None for p in points):
             continue
         xs, ys = [p["bytes"] for p in points], [p["map@100"] for p in points]
-        ax.plot(xs, ys, style, label=name)
+        ax.plot(
+            xs,
+            ys,
+            style,
+            label={"int8": "int8, uint8", "binary": "binary, ubinary"}.get(name, name),
+        )
         for d, x, y, p in zip(dims, xs, ys, points, strict=True):
             ax.annotate(str(d), (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
             if not p["allowed"] and name != "binary-rescored":

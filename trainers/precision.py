@@ -89,6 +89,12 @@ class Quantizer:
     computed once. ``calibration`` None: binary and ubinary only."""
 
     def __init__(self, calibration: np.ndarray | None) -> None:
+        # Imported here, when a replica loads its model: the first quantized request imported
+        # sentence-transformers on the replica's event loop, a stall of seconds that cost that
+        # load level a quarter of its requests/s (benchmarks/results/serving-precisions.md).
+        from sentence_transformers.util.quantization import quantize_embeddings
+
+        self._quantize_embeddings = quantize_embeddings
         self.calibration = calibration
         self._ranges: dict[int, np.ndarray] = {}
 
@@ -102,10 +108,8 @@ class Quantizer:
 
     def __call__(self, vectors: np.ndarray, precision: str) -> np.ndarray:
         """``vectors`` (already at their dim, normalised) in ``precision``."""
-        from sentence_transformers.util.quantization import quantize_embeddings
-
         ranges = self.ranges(vectors.shape[1]) if precision in ("int8", "uint8") else None
-        return quantize_embeddings(vectors, precision, ranges=ranges)
+        return self._quantize_embeddings(vectors, precision, ranges=ranges)
 
 
 def _ranked(scores: np.ndarray, id_order: np.ndarray, k: int) -> np.ndarray:

@@ -64,6 +64,7 @@ def test_quality_smoke(tmp_path, smoke_sweep):
     text = smoke("quality", tmp_path, "--sweep", str(sweep), timeout=900)
     assert "| target | result | figures |" in text
     assert "seed recipe, 4 epochs (authors')" in text and "the splits match" in text
+    assert "The export's output precisions" in text and "| int8, uint8 |" in text
     # The export scored here is the export the sweep scored, on the same split.
     assert figure(r"differs from the sweep's own by at most (\d\.\de[+-]\d+)", text) < 1e-4
     record = json.loads((sweep / "best" / "metrics.json").read_text())
