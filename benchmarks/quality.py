@@ -274,12 +274,12 @@ def report(args, sweep: Path, record: dict, measured: dict) -> str:
     guard_lines += markdown_table(
         ["dim", *record["test"]], sweep_rows, "r" * (len(record["test"]) + 1)
     )
-    for name, scores in guard.items():
+    for source, scores in guard.items():  # (not `name`: the model's name, used below)
         rows = [
             [d] + [f"{m[f'dim_{d}_cosine_map@100']:.4f}" for m in scores.values()] for d in dims
         ]
-        role = "chooses" if roles.get(name) == "choose" else "verifies"
-        guard_lines += f"\nGuard source {name} ({role}; MAP@100, the sweep's figures):\n\n"
+        role = "chooses" if roles.get(source) == "choose" else "verifies"
+        guard_lines += f"\nGuard source {source} ({role}; MAP@100, the sweep's figures):\n\n"
         guard_lines += markdown_table(["dim", *scores], rows, "r" * (len(scores) + 1))
     precision_lines = ""
     if record.get("precisions"):
