@@ -91,7 +91,6 @@ class EmbeddingService:
         # The others load on their first request, through Serve's model multiplexing: at most
         # max_loaded_models - 1 of them per replica, the least recently used unloaded first.
         # (Made here, not with a decorator, because the bound is an argument.)
-
         self.model_loads = 0  # of models other than the default, on this replica
 
         async def load(name: str) -> ServedModel:
