@@ -151,7 +151,7 @@ def prepare_model(args, work: Path) -> Path:
     from trainers import export, gate, precision
     from trainers.config import TrainConfig
     from trainers.data import load_pairs, sample
-    from trainers.models import load_model, matryoshka_info, resolve, write_matryoshka_info
+    from trainers.models import matryoshka_info, resolve, write_matryoshka_info
     from trainers.tasks import pairs_task
 
     source, _ = resolve(args.model)
@@ -165,12 +165,8 @@ def prepare_model(args, work: Path) -> Path:
     task = pairs_task(config, args.gate_pairs, args.gate_pairs // 4, config.seed)
     # int8 output is calibrated on Debian passages the gate does not score (as the export
     # calibrates on training passages).
-    scored = set(task.corpus.values())
     pairs, _ = load_pairs(config)
-    calibration = [
-        p.passage for p in sample(pairs, 4 * args.gate_pairs, 1) if p.passage not in scored
-    ]
-    precision.calibrate(folder, load_model(str(folder)), calibration)
+    precision.calibrate_apart(folder, sample(pairs, 4 * args.gate_pairs, 1), task)
     print(f"--- gating the backends and output precisions on {task.describe()} (Debian pairs)")
     gate.gate(folder, task, config)
     return folder

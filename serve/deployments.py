@@ -88,6 +88,7 @@ class EmbeddingService:
         }
         self.default = ServedModel(next(iter(self.catalog.values())), args, replica_cpus())
         self.name = self.default.name
+        self.served_dims = {name: info.dim for name, info in self.catalog.items()}  # parse_request
         # The others load on their first request, through Serve's model multiplexing: at most
         # max_loaded_models - 1 of them per replica, the least recently used unloaded first.
         # (Made here, not with a decorator, because the bound is an argument.)
@@ -185,7 +186,7 @@ class EmbeddingService:
             body,
             max_body_bytes=self.args.max_body_bytes,
             max_inputs=self.args.max_inputs,
-            served={name: info.dim for name, info in self.catalog.items()},
+            served=self.served_dims,
         )
         model = await self.model(parsed.model)
         dim = parsed.dimensions or model.dim

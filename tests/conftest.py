@@ -43,6 +43,33 @@ def debian_sample_file(tmp_path_factory, debian_pairs) -> Path:
     return path
 
 
+def gated_tiny(tmp_path_factory, tiny_model_path: Path, data: Path, dims, name: str):
+    """The tiny model as an export is: copied, its dims recorded, exported to ONNX, int8
+    calibrated on real Debian pairs that the gate task (200 queries: enough to decide) does not
+    score. (folder, config, task); gate it with trainers.gate.gate."""
+    import shutil
+
+    from trainers import export, gate, precision
+    from trainers.config import TrainConfig
+    from trainers.data import load_pairs
+    from trainers.models import write_matryoshka_info
+    from trainers.tasks import pairs_task
+
+    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp(name) / name)
+    write_matryoshka_info(folder, dims)
+    export.export(folder)
+    config = TrainConfig(
+        model=str(folder),
+        matryoshka_dims=tuple(dims),
+        data=str(data),
+        group_column="source",
+        max_seq_length=64,
+    )
+    task = pairs_task(config, 400, gate.MIN_GATE_QUERIES, seed=0)
+    precision.calibrate_apart(folder, load_pairs(config)[0], task)
+    return folder, config, task
+
+
 @pytest.fixture(scope="session")
 def smoke_sweep(tmp_path_factory) -> tuple[int, Path, str]:
     """``python sweeps/run.py --smoke-test`` once per session (tests.sweeps.smoke): (exit code,

@@ -222,12 +222,7 @@ def _main(argv: list[str]) -> int:
         pairs, _ = load_pairs(config)
         scored = sample(pairs, args.gate_pairs, config.seed)
         task = Task(args.gate_data, *ir_task(scored, None, config.seed))
-        # The int8 ranges come from passages the gate does not score: else the gate would
-        # measure int8 on the very vectors its ranges were fitted to.
-        gated = {p.passage for p in scored}
-        precision.calibrate(
-            folder, _load(folder), [p.passage for p in pairs if p.passage not in gated]
-        )
+        precision.calibrate_apart(folder, pairs, task)
         record = gate(
             folder,
             task,

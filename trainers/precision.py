@@ -79,6 +79,17 @@ def calibrate(folder: str | Path, model, passages: list[str], limit: int = 1000)
     return path
 
 
+def calibrate_apart(folder: str | Path, pairs, task, limit: int = 1000) -> Path:
+    """``calibrate`` the model in ``folder`` on the passages of ``pairs`` that ``task`` does
+    not score: calibrated on the very vectors the gate scores, int8 would look better than it
+    is."""
+    from trainers.models import load_model
+
+    scored = set(task.corpus.values())
+    passages = [p.passage for p in pairs if p.passage not in scored]
+    return calibrate(folder, load_model(str(folder), device="cpu"), passages, limit)
+
+
 def load_calibration(folder: str | Path) -> np.ndarray | None:
     path = Path(folder) / CALIBRATION_FILE
     return np.load(path) if path.is_file() else None

@@ -465,29 +465,13 @@ def perturbed_copy(source: Path, destination: Path, seed: int) -> Path:
 def precision_folder(tiny_model_path, debian_sample_file, tmp_path_factory):
     """A tiny model folder, exported, calibrated and gated for real, at a tolerance that
     allows the quantized (precision, dim) that lost least and refuses those that lost more."""
-    import shutil
+    from tests.conftest import gated_tiny
+    from trainers import gate
+    from trainers.models import matryoshka_info
 
-    from trainers import export, gate, precision
-    from trainers.config import TrainConfig
-    from trainers.data import load_pairs
-    from trainers.models import load_model, matryoshka_info, write_matryoshka_info
-    from trainers.tasks import pairs_task
-
-    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp("quantized") / "gated")
-    write_matryoshka_info(folder, TRAINED_DIMS)
-    export.export(folder)
-    config = TrainConfig(
-        model=str(folder),
-        matryoshka_dims=TRAINED_DIMS,
-        data=str(debian_sample_file),
-        group_column="source",
-        max_seq_length=64,
+    folder, config, task = gated_tiny(
+        tmp_path_factory, tiny_model_path, debian_sample_file, TRAINED_DIMS, "gated"
     )
-    task = pairs_task(config, 400, gate.MIN_GATE_QUERIES, seed=0)
-    pairs, _ = load_pairs(config)
-    scored = set(task.corpus.values())
-    passages = [p.passage for p in pairs if p.passage not in scored]
-    precision.calibrate(folder, load_model(str(folder)), passages)
     gate.gate(folder, task, config, precision_tolerance=1.0)
     rows = matryoshka_info(folder)["precisions"]["backends"]["torch"]["dims"]
     least = min(rows[str(d)][p]["drop"] for d in TRAINED_DIMS for p in ("int8", "binary"))

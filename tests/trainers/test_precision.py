@@ -3,16 +3,12 @@ the recommended dim, on the tiny model and real Debian pairs."""
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 from sentence_transformers.util.quantization import quantize_embeddings
 
-from trainers import export, gate, precision
-from trainers.config import TrainConfig
-from trainers.data import load_pairs
-from trainers.models import load_model, write_matryoshka_info
+from tests.conftest import gated_tiny
+from trainers import gate, precision
 from trainers.tasks import pairs_task
 
 DIMS = (384, 128, 64)
@@ -20,25 +16,9 @@ DIMS = (384, 128, 64)
 
 @pytest.fixture(scope="module")
 def gated(tiny_model_path, debian_sample_file, tmp_path_factory):
-    """A tiny model folder, exported, calibrated on the pairs the gate does not score, and
-    gated on 200 queries (enough to decide): (folder, config, task)."""
-    folder = shutil.copytree(tiny_model_path, tmp_path_factory.mktemp("precision") / "tiny")
-    write_matryoshka_info(folder, DIMS)
-    export.export(folder)
-    config = TrainConfig(
-        model=str(folder),
-        matryoshka_dims=DIMS,
-        data=str(debian_sample_file),
-        group_column="source",
-        max_seq_length=64,
-    )
-    task = pairs_task(config, 400, gate.MIN_GATE_QUERIES, seed=0)
-    scored = set(task.corpus.values())
-    pairs, _ = load_pairs(config)
-    precision.calibrate(
-        folder, load_model(str(folder)), [p.passage for p in pairs if p.passage not in scored]
-    )
-    return folder, config, task
+    """The tiny model exported and calibrated, with a gate task of 200 queries: (folder,
+    config, task)."""
+    return gated_tiny(tmp_path_factory, tiny_model_path, debian_sample_file, DIMS, "precision")
 
 
 def record_of(folder) -> dict:
